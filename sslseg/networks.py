@@ -1,0 +1,114 @@
+"""Network architectures, by name.
+
+``ResEncL`` is the Residual Encoder U-Net of nnU-Net v2 / nnssl (dynamic-network-architectures'
+``ResidualEncoderUNet``) with the exact configuration of the public OpenMind checkpoints. The smaller presets are
+the same class with fewer stages and channels: they share every code path (checkpoint layout, freezing, sparse
+pretraining) and exist for CPU users and tests; their names say so.
+
+Example::
+
+    network = build_network("ResEncL", in_channels=1, num_classes=3)
+"""
+
+from __future__ import annotations
+
+import copy
+
+from sslseg.errors import UserError
+
+_RESENC_L = {
+    "n_stages": 6,
+    "features_per_stage": [32, 64, 128, 256, 320, 320],
+    "kernel_sizes": [[3, 3, 3]] * 6,
+    "strides": [[1, 1, 1]] + [[2, 2, 2]] * 5,
+    "n_blocks_per_stage": [1, 3, 4, 6, 6, 6],
+    "n_conv_per_stage_decoder": [1] * 5,
+    "conv_bias": True,
+}
+
+# name -> (description, ResidualEncoderUNet keyword arguments besides channels/classes/ops)
+ARCHITECTURES = {
+    "ResEncL": ("Residual Encoder U-Net L (nnU-Net v2 / nnssl, ~102 M parameters); GPU", _RESENC_L),
+    "ResEncS-cpu": (
+        "small ResEnc U-Net for CPU fine-tuning (4 stages, 24-192 channels, ~5.5 M parameters)",
+        {
+            "n_stages": 4,
+            "features_per_stage": [24, 48, 96, 192],
+            "kernel_sizes": [[3, 3, 3]] * 4,
+            "strides": [[1, 1, 1]] + [[2, 2, 2]] * 3,
+            "n_blocks_per_stage": [1, 2, 2, 2],
+            "n_conv_per_stage_decoder": [1] * 3,
+            "conv_bias": True,
+        },
+    ),
+    "ResEncT-test": (
+        "tiny ResEnc U-Net for tests only (3 stages, 8-32 channels)",
+        {
+            "n_stages": 3,
+            "features_per_stage": [8, 16, 32],
+            "kernel_sizes": [[3, 3, 3]] * 3,
+            "strides": [[1, 1, 1]] + [[2, 2, 2]] * 2,
+            "n_blocks_per_stage": [1, 1, 1],
+            "n_conv_per_stage_decoder": [1] * 2,
+            "conv_bias": True,
+        },
+    ),
+}
+
+
+def architecture_kwargs(name: str) -> dict:
+    """The ResidualEncoderUNet configuration of a named architecture (JSON-serialisable)."""
+    if name not in ARCHITECTURES:
+        raise UserError(f"unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    return copy.deepcopy(ARCHITECTURES[name][1])
+
+
+def import_resenc():
+    try:
+        from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+    except ImportError:
+        raise UserError(
+            "the package dynamic-network-architectures is missing; install it without its optional timm "
+            "dependency: pip install --no-deps 'dynamic-network-architectures>=0.4,<0.5'"
+        ) from None
+    return ResidualEncoderUNet
+
+
+def build_resenc(config: dict, in_channels: int, num_classes: int, deep_supervision: bool = False):
+    """Build a ResidualEncoderUNet from a JSON-style configuration (as in ``ARCHITECTURES`` or an nnssl plan)."""
+    import torch
+
+    ResidualEncoderUNet = import_resenc()
+    return ResidualEncoderUNet(
+        input_channels=in_channels,
+        n_stages=config["n_stages"],
+        features_per_stage=config["features_per_stage"],
+        conv_op=torch.nn.Conv3d,
+        kernel_sizes=config["kernel_sizes"],
+        strides=config["strides"],
+        n_blocks_per_stage=config["n_blocks_per_stage"],
+        num_classes=num_classes,
+        n_conv_per_stage_decoder=config["n_conv_per_stage_decoder"],
+        conv_bias=config.get("conv_bias", True),
+        norm_op=torch.nn.InstanceNorm3d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        dropout_op=None,
+        dropout_op_kwargs=None,
+        nonlin=torch.nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True},
+        deep_supervision=deep_supervision,
+    )
+
+
+def build_network(name: str, in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False):
+    """A freshly initialised network of a named architecture."""
+    return build_resenc(architecture_kwargs(name), in_channels, num_classes, deep_supervision)
+
+
+def total_stride(config: dict) -> list:
+    """Product of the strides per axis: patch sizes must be multiples of it."""
+    product = [1, 1, 1]
+    for stride in config["strides"]:
+        stride = [stride] * 3 if isinstance(stride, int) else stride
+        product = [a * b for a, b in zip(product, stride)]
+    return product
