@@ -11,7 +11,10 @@ Example::
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,12 +104,57 @@ def _direction3(image: sitk.Image):
     return matrix[:3, :3].ravel()
 
 
+def _nifti_problem(path: str):
+    """Why a NIfTI file is incomplete, or None. ITK reads a truncated .nii/.nii.gz silently as zeros, so the
+    header's expected data size is checked against what the (decompressed) file really holds."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            header = stream.read(352)
+            if len(header) < 348:
+                return "the header is incomplete"
+            for endian in "<>":
+                sizeof_hdr = struct.unpack(endian + "i", header[:4])[0]
+                if sizeof_hdr in (348, 540):
+                    break
+            else:
+                return "not a NIfTI header"
+            if sizeof_hdr == 348:
+                dims = struct.unpack(endian + "8h", header[40:56])
+                bitpix = struct.unpack(endian + "h", header[72:74])[0]
+                offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            else:  # NIfTI-2
+                header += stream.read(540 - len(header))
+                dims = struct.unpack(endian + "8q", header[16:80])
+                bitpix = struct.unpack(endian + "h", header[14:16])[0]
+                offset = struct.unpack(endian + "q", header[168:176])[0]
+            count = 1
+            for d in dims[1 : 1 + max(0, min(dims[0], 7))]:
+                count *= max(int(d), 1)
+            expected = max(offset, sizeof_hdr) + count * bitpix // 8
+            received = len(header)
+            while True:
+                chunk = stream.read(1 << 22)
+                if not chunk:
+                    break
+                received += len(chunk)
+    except (EOFError, OSError, zlib.error) as error:
+        return f"the compressed data is truncated or corrupt ({error})"
+    if received < expected:
+        return f"expected {expected} bytes of data but the file holds {received}"
+    return None
+
+
 def read_sitk(path) -> sitk.Image:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"image file not found: {path}")
     if path.lower().endswith(".seg.nrrd"):
         raise UserError(f"{path} is a Slicer segmentation file; read it with sslseg.imageio.read_segmentation")
+    if path.lower().endswith((".nii", ".nii.gz")):
+        problem = _nifti_problem(path)
+        if problem:
+            raise UserError(f"cannot read image {path}: the file is truncated or corrupt ({problem})")
     try:
         return sitk.ReadImage(path)
     except RuntimeError as error:

@@ -112,3 +112,51 @@ def total_stride(config: dict) -> list:
         stride = [stride] * 3 if isinstance(stride, int) else stride
         product = [a * b for a, b in zip(product, stride)]
     return product
+
+
+# --- specs: how a saved model or checkpoint says which network to rebuild -------------------------------------
+# A spec is JSON: {"family": "ResEnc", "name": "ResEncL", "config": {ResidualEncoderUNet kwargs}}. Other families
+# (e.g. MIS-FM's FMUNet) register a builder and their encoder/decoder split here.
+
+_FAMILIES = {}
+
+
+def register_family(family: str, builder, encoder_prefixes, decoder_prefixes):
+    """``builder(config, in_channels, num_classes)``; prefixes name the state_dict parts (see split_parameters)."""
+    _FAMILIES[family] = (builder, tuple(encoder_prefixes), tuple(decoder_prefixes))
+
+
+# The decoder of a ResidualEncoderUNet holds a reference to the encoder (``decoder.encoder``), so
+# ``decoder.parameters()`` includes the encoder's; the trainable decoder parts are named explicitly.
+register_family(
+    "ResEnc",
+    lambda config, in_channels, num_classes: build_resenc(config, in_channels, num_classes),
+    encoder_prefixes=("encoder.",),
+    decoder_prefixes=("decoder.stages.", "decoder.transpconvs.", "decoder.seg_layers."),
+)
+
+
+def spec_for(name: str) -> dict:
+    return {"family": "ResEnc", "name": name, "config": architecture_kwargs(name)}
+
+
+def build_from_spec(spec: dict, in_channels: int, num_classes: int):
+    family = spec.get("family", "ResEnc")
+    if family not in _FAMILIES:
+        raise UserError(f"unknown network family {family!r} (known: {', '.join(_FAMILIES)})")
+    return _FAMILIES[family][0](spec["config"], in_channels, num_classes)
+
+
+def split_parameters(network, spec: dict):
+    """``(encoder, decoder)`` lists of ``(name, parameter)``; the encoder includes the stem. Every parameter is in
+    exactly one list (an error otherwise, so that a frozen phase never silently trains an unlisted part)."""
+    _, encoder_prefixes, decoder_prefixes = _FAMILIES[spec.get("family", "ResEnc")]
+    encoder, decoder = [], []
+    for name, parameter in network.named_parameters():
+        if name.startswith(encoder_prefixes):
+            encoder.append((name, parameter))
+        elif name.startswith(decoder_prefixes):
+            decoder.append((name, parameter))
+        else:
+            raise RuntimeError(f"parameter {name} is neither encoder nor decoder for family {spec.get('family')}")
+    return encoder, decoder
