@@ -35,3 +35,31 @@ def totalseg_dir():
 def _few_threads(monkeypatch):
     # CI has 2 cores; keep torch from oversubscribing when tests spawn subprocesses.
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+# ---- Slicer core (foundation-slicer area) --------------------------------------------------------------------
+# Real MRML scene and module logics from the PyPI package slicer-core (see Testing/slicer_harness.py). Tests that
+# use these fixtures skip with a clear reason where slicer-core is not installed; engine tests never need it.
+_TESTING = os.path.dirname(os.path.abspath(__file__))
+if _TESTING not in sys.path:
+    sys.path.insert(0, _TESTING)
+
+
+@pytest.fixture(scope="session")
+def slicer_harness():
+    """The headless Slicer core (one per test session): ``.scene``, ``.logics[name]``, ``.app``, ``.clearScene()``,
+    ``.userNodes()``; ``slicer.mrmlScene``, ``slicer.modules.<name>.logic()`` and ``slicer.app`` are installed."""
+    import slicer_harness as harness_module
+
+    ok, reason = harness_module.available()
+    if not ok:
+        pytest.skip(reason)
+    return harness_module.start()
+
+
+@pytest.fixture
+def slicer_scene(slicer_harness):
+    """A clean ``slicer.mrmlScene`` for one test; the scene is closed (cleared) after the test."""
+    slicer_harness.clearScene()
+    yield slicer_harness.scene
+    slicer_harness.clearScene()

@@ -1,0 +1,426 @@
+"""The bridge between MRML nodes and the engine's arrays (``sslseg``): volumes, segmentations, files.
+
+Arrays follow the engine (``sslseg.imageio``): numpy order ``array[z, y, x]`` and a ``Geometry`` in ITK's LPS space
+(spacing/origin in x, y, z millimetres, direction as 9 row-major values). Slicer works in RAS: the conversion flips
+the first two axes. Nothing here modifies the nodes it reads; new nodes are only created by
+``labelArrayToSegmentationNode`` and ``loadSegmentationFile``, and temporary nodes are removed before returning.
+
+Console examples (Slicer's Python console)::
+
+    from SSLSegmentationLib import nodeBridge
+    volume = getNode("hippocampus_006")
+    array, geometry = nodeBridge.volumeToArray(volume)
+    labels, names = nodeBridge.segmentationToLabelArray(getNode("Segmentation"), volume, ["Anterior", "Posterior"])
+    result = nodeBridge.labelArrayToSegmentationNode(labels, names, volume, name="Prediction")
+    nodeBridge.writeVolume(volume, "/tmp/case_0000.nii.gz")
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+
+import numpy as np
+
+import slicer
+import vtk
+
+from sslseg.errors import UserError
+from sslseg.imageio import Geometry, write_image
+
+# RAS <-> LPS: negate x and y
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# volumes
+# ----------------------------------------------------------------------------------------------------------------
+def volumeIJKToWorldMatrix(volumeNode) -> np.ndarray:
+    """4x4 numpy matrix from (i, j, k, 1) voxel indices to world RAS, with the node's parent transforms hardened in.
+
+    Raises UserError when a parent transform is not linear (a warped grid is not a voxel grid any more: harden the
+    transform and resample the volume first)."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    ijkToRAS = slicer.util.arrayFromVTKMatrix(matrix)
+    transformNode = volumeNode.GetParentTransformNode()
+    if transformNode is not None:
+        if not transformNode.IsTransformToWorldLinear():
+            raise UserError(
+                f"Volume '{volumeNode.GetName()}' is under a non-linear transform ('{transformNode.GetName()}'). "
+                "Harden the transform (Data module: right-click > Harden transform) or resample the volume first.")
+        toWorld = vtk.vtkMatrix4x4()
+        transformNode.GetMatrixTransformToWorld(toWorld)
+        ijkToRAS = slicer.util.arrayFromVTKMatrix(toWorld) @ ijkToRAS
+    return ijkToRAS
+
+
+def geometryFromIJKToRAS(ijkToRAS, shape) -> Geometry:
+    """Engine ``Geometry`` (LPS) for a 4x4 IJK-to-RAS matrix and an array shape (z, y, x).
+
+    Raises UserError when the matrix has shear (axes not orthogonal), which a voxel grid cannot represent."""
+    ijkToLPS = _RAS_TO_LPS @ np.asarray(ijkToRAS, dtype=float)
+    columns = ijkToLPS[:3, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    if np.any(spacing <= 0):
+        raise UserError("The volume has a zero voxel spacing.")
+    direction = columns / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-5):
+        raise UserError("The volume's axes are not orthogonal (sheared by a transform); resample it first.")
+    return Geometry(
+        shape=tuple(int(s) for s in shape[-3:]),
+        spacing=tuple(float(v) for v in spacing),
+        origin=tuple(float(v) for v in ijkToLPS[:3, 3]),
+        direction=tuple(float(v) for v in direction.ravel()),
+    )
+
+
+def ijkToRASFromGeometry(geometry: Geometry) -> vtk.vtkMatrix4x4:
+    """The IJK-to-RAS ``vtkMatrix4x4`` of an engine ``Geometry`` (inverse of ``geometryFromIJKToRAS``)."""
+    return slicer.util.vtkMatrixFromArray(_RAS_TO_LPS @ geometry.index_to_physical())
+
+
+def volumeGeometry(volumeNode) -> Geometry:
+    """The volume's voxel grid as an engine ``Geometry`` in world coordinates (parent linear transforms hardened).
+
+    Example::
+
+        nodeBridge.volumeGeometry(getNode("MRHead")).spacing
+    """
+    imageData = volumeNode.GetImageData() if volumeNode is not None else None
+    if imageData is None:
+        raise UserError(f"Volume '{volumeNode.GetName() if volumeNode else None}' has no voxels.")
+    shape = tuple(reversed(imageData.GetDimensions()))
+    return geometryFromIJKToRAS(volumeIJKToWorldMatrix(volumeNode), shape)
+
+
+def volumeToArray(volumeNode):
+    """A copy of the volume's voxels and its geometry: ``(array[z, y, x], Geometry)`` in LPS, as
+    ``sslseg.imageio.read_image`` would give for the same image saved to a file. A parent linear transform is
+    hardened into the geometry (the voxels are not resampled); a non-linear one raises UserError. Vector volumes
+    give ``array[c, z, y, x]`` like the engine.
+
+    Example::
+
+        array, geometry = nodeBridge.volumeToArray(getNode("MRHead"))
+    """
+    geometry = volumeGeometry(volumeNode)
+    array = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
+    if array.ndim == 4:
+        array = np.moveaxis(array, -1, 0)
+    return array, geometry
+
+
+def writeVolume(volumeNode, path) -> str:
+    """Write the volume (voxels and world geometry, see ``volumeToArray``) to an image file for the engine's
+    background process. Written atomically by ``sslseg.imageio.write_image``.
+
+    Example::
+
+        nodeBridge.writeVolume(getNode("MRHead"), "/tmp/input/case_0000.nii.gz")
+    """
+    array, geometry = volumeToArray(volumeNode)
+    if array.ndim == 4:
+        raise UserError(f"Volume '{volumeNode.GetName()}' has several components; write one channel per file.")
+    return write_image(array, geometry, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# segmentations
+# ----------------------------------------------------------------------------------------------------------------
+def segmentIDsByName(segmentationNode, segmentNames=None):
+    """Segment IDs in display order; with ``segmentNames``, the IDs of those segments in that order.
+
+    Raises UserError naming the segments that are missing and those that exist."""
+    segmentation = segmentationNode.GetSegmentation()
+    allIDs = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    if segmentNames is None:
+        return allIDs
+    byName = {}
+    for segmentID in allIDs:
+        byName.setdefault(segmentation.GetSegment(segmentID).GetName(), segmentID)
+    missing = [name for name in segmentNames if name not in byName]
+    if missing:
+        raise UserError(
+            f"Segmentation '{segmentationNode.GetName()}' has no segment named {', '.join(map(repr, missing))}; "
+            f"it has: {', '.join(map(repr, byName)) or 'no segments'}.")
+    if len(set(segmentNames)) != len(segmentNames):
+        raise UserError(f"Segment names are repeated: {list(segmentNames)}")
+    return [byName[name] for name in segmentNames]
+
+
+def _removeNodesAddedSince(scene, keepNodeIDs, exceptNodes=()):
+    """Remove the nodes added to the scene since ``keepNodeIDs`` was taken (temporary nodes with the display,
+    storage and colour nodes they brought), keeping ``exceptNodes`` and the nodes they reference."""
+    keep = set(keepNodeIDs)
+    for node in exceptNodes:
+        keep.add(node.GetID())
+        for index in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
+            keep.add(node.GetNthDisplayNodeID(index))
+        if hasattr(node, "GetStorageNodeID") and node.GetStorageNodeID():
+            keep.add(node.GetStorageNodeID())
+    for nodeID in sorted(_nodeIDs(scene) - keep):
+        node = scene.GetNodeByID(nodeID)
+        if node is not None:
+            scene.RemoveNode(node)
+
+
+def _nodeIDs(scene):
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def segmentationToLabelArray(segmentationNode, referenceVolumeNode, segmentNames=None):
+    """The chosen segments as one label array on the reference volume's voxel grid: ``(labelArray[z, y, x],
+    labels)`` with ``labels = [{"value": 1, "name": "Anterior", "color": [r, g, b]}, ...]`` (colours 0..1), values
+    1..N in the order of ``segmentNames`` (default: all segments in display order).
+
+    Segments are rasterised onto the reference volume's grid with Slicer's
+    ``ExportSegmentsToLabelmapNode``. Where segments overlap, the later segment in the list wins. The array
+    matches ``volumeToArray(referenceVolumeNode)`` voxel for voxel, parent transforms included. Raises UserError
+    for a segment name that does not exist. The segmentation node is not modified (when its source
+    representation is not a binary labelmap, a temporary copy is converted instead).
+
+    Example::
+
+        labels, names = nodeBridge.segmentationToLabelArray(getNode("Segmentation"), getNode("MRHead"),
+                                                            ["Anterior", "Posterior"])
+    """
+    if segmentationNode is None or referenceVolumeNode is None:
+        raise UserError("A segmentation and a reference volume are needed.")
+    volumeGeometry(referenceVolumeNode)  # clear errors for a volume without voxels or under a warp
+    segmentIDs = segmentIDsByName(segmentationNode, segmentNames)
+    segmentation = segmentationNode.GetSegmentation()
+    labels = []
+    for value, segmentID in enumerate(segmentIDs, start=1):
+        segment = segmentation.GetSegment(segmentID)
+        labels.append({"value": value, "name": segment.GetName(), "color": [float(c) for c in segment.GetColor()]})
+    shape = tuple(reversed(referenceVolumeNode.GetImageData().GetDimensions()))
+    dtype = np.uint8 if len(segmentIDs) < 256 else np.uint16
+    if not segmentIDs:
+        return np.zeros(shape, dtype), labels
+
+    scene = segmentationNode.GetScene()
+    keep = _nodeIDs(scene)
+    try:
+        source = segmentationNode
+        binaryName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        if not segmentation.ContainsRepresentation(binaryName):
+            # the export would add a labelmap representation to the user's node: convert a copy instead
+            source = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "__sslseg_temp_copy__")
+            source.GetSegmentation().DeepCopy(segmentation)
+            source.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
+        labelmapNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__sslseg_temp_labels__")
+        # the exported labelmap is in the reference volume's local frame, under the same transform
+        labelmapNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
+        ids = vtk.vtkStringArray()
+        for segmentID in segmentIDs:
+            ids.InsertNextValue(segmentID)
+        ok = slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
+            source, ids, labelmapNode, referenceVolumeNode)
+        if not ok:
+            raise UserError(f"Could not rasterise segmentation '{segmentationNode.GetName()}' onto volume "
+                            f"'{referenceVolumeNode.GetName()}'.")
+        exported = slicer.util.arrayFromVolume(labelmapNode)
+        if exported.shape != shape:
+            raise UserError(f"The exported labelmap has shape {exported.shape}, expected {shape}.")
+        labelArray = exported.astype(dtype, copy=True)
+    finally:
+        _removeNodesAddedSince(scene, keep)
+    return labelArray, labels
+
+
+def writeLabels(segmentationNode, referenceVolumeNode, path, segmentNames=None):
+    """Write the chosen segments as a label image on the reference volume's grid (see
+    ``segmentationToLabelArray``) for the engine; returns the ``labels`` list (value, name, colour).
+
+    Example::
+
+        labels = nodeBridge.writeLabels(getNode("Segmentation"), getNode("MRHead"), "/tmp/labels/case.nii.gz",
+                                        ["Anterior", "Posterior"])
+    """
+    labelArray, labels = segmentationToLabelArray(segmentationNode, referenceVolumeNode, segmentNames)
+    write_image(labelArray, volumeGeometry(referenceVolumeNode), path)
+    return labels
+
+
+def labelArrayToSegmentationNode(labelArray, labels, referenceVolumeNode, name=None):
+    """A NEW segmentation node from a label array on the reference volume's grid (``array[z, y, x]`` as from
+    ``volumeToArray``): one segment per entry of ``labels`` (``{"value", "name", "color"}``; colour optional),
+    also when its value does not occur (an empty segment), in the order given. The node gets the reference image
+    geometry of the volume, the volume's parent transform, and is placed beside the volume in the subject
+    hierarchy (under its study). Voxel values not in ``labels`` raise UserError (nothing would show them).
+
+    Example::
+
+        labels = [{"value": 1, "name": "Anterior", "color": [1, 0, 0]}, {"value": 2, "name": "Posterior"}]
+        node = nodeBridge.labelArrayToSegmentationNode(prediction, labels, getNode("MRHead"), "MRHead prediction")
+    """
+    geometry = volumeGeometry(referenceVolumeNode)
+    labelArray = np.asarray(labelArray)
+    if labelArray.shape != tuple(geometry.shape):
+        raise UserError(f"The label array's shape {labelArray.shape} does not match volume "
+                        f"'{referenceVolumeNode.GetName()}' {tuple(geometry.shape)}.")
+    if not np.issubdtype(labelArray.dtype, np.integer) and labelArray.dtype != np.bool_:
+        if not np.array_equal(labelArray, np.round(labelArray)):
+            raise UserError("The label array must hold integer label values.")
+    values = [int(entry["value"]) for entry in labels]
+    if len(set(values)) != len(values) or any(v <= 0 for v in values):
+        raise UserError(f"Label values must be distinct and positive: {values}")
+    present = {int(v) for v in np.unique(labelArray)} - {0}
+    unknown = sorted(present - set(values))
+    if unknown:
+        raise UserError(f"The label array holds values {unknown} that have no entry in the labels list.")
+
+    # values -> 1..N in list order, as ImportLabelmapToSegmentationNode maps label i to the i-th segment ID
+    lookup = np.zeros(max(values + [int(labelArray.max()) if labelArray.size else 0]) + 1, np.uint16)
+    for index, value in enumerate(values, start=1):
+        lookup[value] = index
+    contiguous = lookup[labelArray.astype(np.int64)]
+    contiguous = contiguous.astype(np.uint8 if len(values) < 256 else np.uint16)
+
+    scene = referenceVolumeNode.GetScene()
+    volumeName = referenceVolumeNode.GetName()
+    keep = _nodeIDs(scene)
+    segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{volumeName} segmentation")
+    try:
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+        segmentationNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
+        segmentation = segmentationNode.GetSegmentation()
+        segmentIDs = vtk.vtkStringArray()
+        for index, entry in enumerate(labels):
+            segmentID = segmentation.AddEmptySegment("", str(entry["name"]))
+            color = entry.get("color")
+            if color is not None:
+                segmentation.GetSegment(segmentID).SetColor(*[float(c) for c in color[:3]])
+            segmentIDs.InsertNextValue(segmentID)
+        if present:
+            labelmapNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__sslseg_temp_labels__")
+            matrix = vtk.vtkMatrix4x4()
+            referenceVolumeNode.GetIJKToRASMatrix(matrix)
+            labelmapNode.SetIJKToRASMatrix(matrix)
+            labelmapNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
+            slicer.util.updateVolumeFromArray(labelmapNode, contiguous)
+            if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(
+                    labelmapNode, segmentationNode, segmentIDs):
+                raise UserError("Could not import the labels into a segmentation.")
+        _placeBeside(segmentationNode, referenceVolumeNode)
+    except Exception:
+        _removeNodesAddedSince(scene, keep)  # a failed call leaves the scene as it was
+        raise
+    _removeNodesAddedSince(scene, keep, exceptNodes=[segmentationNode])
+    return segmentationNode
+
+
+def _placeBeside(node, referenceNode):
+    """Put ``node`` under the same subject-hierarchy parent (study) as ``referenceNode``."""
+    shNode = slicer.mrmlScene.GetSubjectHierarchyNode() if node.GetScene() is slicer.mrmlScene else None
+    if shNode is None:
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(node.GetScene())
+    if shNode is None:
+        return
+    referenceItem = shNode.GetItemByDataNode(referenceNode)
+    item = shNode.GetItemByDataNode(node)
+    if referenceItem and item:
+        shNode.SetItemParent(item, shNode.GetItemParent(referenceItem))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# files
+# ----------------------------------------------------------------------------------------------------------------
+_NRRD_TYPE_BYTES = {
+    "signed char": 1, "int8": 1, "int8_t": 1, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
+    "short": 2, "short int": 2, "signed short": 2, "signed short int": 2, "int16": 2, "int16_t": 2,
+    "ushort": 2, "unsigned short": 2, "unsigned short int": 2, "uint16": 2, "uint16_t": 2,
+    "int": 4, "signed int": 4, "int32": 4, "int32_t": 4, "uint": 4, "unsigned int": 4, "uint32": 4, "uint32_t": 4,
+    "longlong": 8, "long long": 8, "long long int": 8, "signed long long": 8, "signed long long int": 8,
+    "int64": 8, "int64_t": 8, "ulonglong": 8, "unsigned long long": 8, "unsigned long long int": 8,
+    "uint64": 8, "uint64_t": 8, "float": 4, "double": 8,
+}
+
+
+def checkNrrdFile(path):
+    """Raise UserError unless ``path`` is a complete NRRD file (header fields, data size after decompression).
+
+    Slicer's segmentation reader aborts the whole application on a truncated or malformed ``.seg.nrrd`` (an
+    uncaught ITK exception), so files are checked with this pure-Python reader before Slicer sees them."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"File not found: {path}")
+
+    def bad(reason):
+        return UserError(f"Cannot read {path}: {reason}. The file is truncated or corrupt.")
+
+    with open(path, "rb") as stream:
+        if not stream.read(8).startswith(b"NRRD000"):
+            raise bad("it is not a NRRD file")
+        stream.seek(0)
+        fields = {}
+        headerBytes = 0
+        while True:
+            line = stream.readline(1 << 20)
+            headerBytes += len(line)
+            if not line:
+                raise bad("the header does not end")
+            if line in (b"\n", b"\r\n"):
+                break
+            text = line.decode("latin-1").rstrip("\r\n")
+            if text.startswith("#") or ":=" in text:  # comments and key:=value pairs (segment metadata)
+                continue
+            if ":" in text:
+                key, value = text.split(":", 1)
+                fields[key.strip().lower()] = value.strip()
+        try:
+            dimension = int(fields["dimension"])
+            sizes = [int(v) for v in fields["sizes"].split()]
+            itemBytes = _NRRD_TYPE_BYTES[fields["type"].lower()]
+            encoding = fields["encoding"].lower()
+        except (KeyError, ValueError) as error:
+            raise bad(f"its header lacks or garbles {error}") from None
+        if len(sizes) != dimension or dimension < 1 or min(sizes) < 1:
+            raise bad(f"its sizes {sizes} do not match dimension {dimension}")
+        if "data file" in fields or "datafile" in fields:
+            raise UserError(f"{path} is a detached NRRD header; save the segmentation as one .seg.nrrd file.")
+        expected = int(np.prod(sizes, dtype=np.int64)) * itemBytes
+        try:
+            if encoding == "raw":
+                received = os.path.getsize(path) - headerBytes
+            elif encoding in ("gzip", "gz"):
+                received = 0
+                with gzip.GzipFile(fileobj=stream) as data:
+                    while True:
+                        chunk = data.read(1 << 22)
+                        if not chunk:
+                            break
+                        received += len(chunk)
+            else:
+                raise bad(f"its encoding '{encoding}' is not supported here (raw or gzip)")
+        except (EOFError, OSError, zlib.error) as error:
+            raise bad(f"the compressed data is incomplete ({error})") from None
+    if received < expected:
+        raise bad(f"it holds {received} bytes of voxel data, its header announces {expected}")
+
+
+def loadSegmentationFile(path, name=None):
+    """Load a segmentation file (``.seg.nrrd``, or a label image) as a new segmentation node, after checking that
+    a ``.seg.nrrd``/``.nrrd`` is complete (see ``checkNrrdFile``), so that a damaged file gives a UserError instead
+    of ending Slicer.
+
+    Example::
+
+        node = nodeBridge.loadSegmentationFile("/data/case_001.seg.nrrd")
+    """
+    path = os.fspath(path)
+    lower = path.lower()
+    if lower.endswith((".nrrd", ".nhdr")):
+        checkNrrdFile(path)
+    elif lower.endswith((".nii", ".nii.gz")):
+        from sslseg.imageio import read_sitk
+
+        read_sitk(path)  # raises UserError for truncated NIfTI files (ITK would read zeros)
+    properties = {"name": name} if name else {}
+    try:
+        return slicer.util.loadSegmentation(path, properties)
+    except RuntimeError as error:
+        raise UserError(f"Cannot load segmentation {path}: {error}") from None
