@@ -16,6 +16,8 @@ code run under pytest on real nodes (nothing of MRML is mocked):
   ``processEvents()`` (a no-op: there is no Qt event loop), ``applicationLogic()``, ``mrmlScene()``,
   ``applicationName`` and ``temporaryPath``. There is no ``layoutManager()``, no main window and no Qt: widget code
   cannot run here.
+- new data nodes get a subject-hierarchy item under the scene, as Slicer's (Qt) subject hierarchy plugin logic
+  does when a node is added.
 
 Usage (pytest: use the ``slicer_scene`` fixture of ``Testing/conftest.py`` instead)::
 
@@ -231,9 +233,29 @@ class SlicerHarness:
             if name == "colors":
                 self.applicationLogic.SetColorLogic(logic)
             self.logics[name] = logic
+        self._observeNodeAdded(slicer)
         self.app = HeadlessApplication(self)
         self.modules = types.SimpleNamespace(**{name: _Module(name, logic) for name, logic in self.logics.items()})
         self._baseline = self._nodeIDs()
+
+    def _observeNodeAdded(self, slicer):
+        """Give new data nodes a subject-hierarchy item under the scene, as Slicer's subject hierarchy plugin
+        logic does (that part of Slicer is Qt code, absent from slicer-core)."""
+        import vtk
+
+        @vtk.calldata_type(vtk.VTK_OBJECT)
+        def onNodeAdded(caller, event, node):
+            if self.scene.IsImporting() or node is None or node.GetHideFromEditors():
+                return
+            if not (node.IsA("vtkMRMLDisplayableNode") or node.IsA("vtkMRMLTransformNode")
+                    or node.IsA("vtkMRMLTableNode")):
+                return
+            shNode = self.scene.GetSubjectHierarchyNode()
+            if shNode is not None and not shNode.GetItemByDataNode(node):
+                shNode.CreateItem(shNode.GetSceneItemID(), node)
+
+        self._onNodeAdded = onNodeAdded  # keep the callback alive
+        self.scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, onNodeAdded)
 
     def install(self):
         """Expose the scene, modules and app on the ``slicer`` package, like the application does."""

@@ -321,9 +321,12 @@ def _placeBeside(node, referenceNode):
     if shNode is None:
         return
     referenceItem = shNode.GetItemByDataNode(referenceNode)
+    parent = shNode.GetItemParent(referenceItem) if referenceItem else shNode.GetSceneItemID()
     item = shNode.GetItemByDataNode(node)
-    if referenceItem and item:
-        shNode.SetItemParent(item, shNode.GetItemParent(referenceItem))
+    if item:  # Slicer's subject hierarchy plugins create items for new nodes
+        shNode.SetItemParent(item, parent)
+    else:
+        shNode.CreateItem(parent, node)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -424,3 +427,28 @@ def loadSegmentationFile(path, name=None):
         return slicer.util.loadSegmentation(path, properties)
     except RuntimeError as error:
         raise UserError(f"Cannot load segmentation {path}: {error}") from None
+
+
+def loadVolumeFile(path, name=None, labelmap=False):
+    """Load an image file as a new volume node after checking that it is complete: ITK reads a truncated NIfTI
+    silently as zeros, and a damaged NRRD can end the application. Raises UserError for such files.
+
+    Example::
+
+        volume = nodeBridge.loadVolumeFile("/data/imagesTs/case_0000.nii.gz")
+    """
+    path = os.fspath(path)
+    lower = path.lower()
+    if lower.endswith((".nrrd", ".nhdr")):
+        checkNrrdFile(path)
+    elif lower.endswith((".nii", ".nii.gz")):
+        from sslseg.imageio import read_sitk
+
+        read_sitk(path)
+    properties = {"labelmap": bool(labelmap)}
+    if name:
+        properties["name"] = name
+    try:
+        return slicer.util.loadVolume(path, properties)
+    except RuntimeError as error:
+        raise UserError(f"Cannot load volume {path}: {error}") from None
