@@ -1,0 +1,92 @@
+"""``sslseg finetune``: fine-tune a pretrained backbone (or train from scratch) on labelled volumes."""
+
+from __future__ import annotations
+
+import json
+
+from sslseg.commands._common import add_progress_argument, run_reported
+from sslseg.errors import UserError
+
+EPILOG = """examples:
+  sslseg finetune --backbone none --data ../shared/data/Task04_Hippocampus --out models/hippo --preset cpu
+  sslseg finetune --backbone ResEncL-OpenMind-S3D --data Task04_Hippocampus --out models/hippo --preset quick
+  sslseg finetune --backbone my_backbone.pth --images a.nii.gz b.nii.gz --labels a_seg.nii.gz b_seg.nii.gz \\
+      --label-names Liver Tumour --out models/liver --progress json
+
+The model folder holds model.json and model.pt; it appears at --out only when training finished."""
+
+
+def add_parser(subparsers):
+    from sslseg.presets import PRESETS
+
+    parser = subparsers.add_parser(
+        "finetune", help="fine-tune a backbone on labelled volumes (the low-data recipe)",
+        description="Fine-tune a pretrained backbone with the low-data recipe of Wald et al. (decoder warm-up with "
+                    "the encoder frozen, whole-network warm-up, PolyLR), or train from scratch (--backbone none).",
+        epilog=EPILOG, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="none",
+                        help="backbone name (see `sslseg models`), checkpoint file, or none (from scratch; default)")
+    parser.add_argument("--data", help="dataset folder in the nnU-Net/MSD layout (imagesTr/, labelsTr/, dataset.json)")
+    parser.add_argument("--images", nargs="+", help="image files (instead of --data)")
+    parser.add_argument("--labels", nargs="+", help="label files, one per image, same order")
+    parser.add_argument("--label-names", nargs="+", metavar="NAME",
+                        help="names of label values 1, 2, ... (with --images; default: the values found)")
+    parser.add_argument("--label-info", metavar="JSON",
+                        help='JSON file: [{"value": 1, "name": "Liver", "color": [r, g, b]}, ...] (colours 0..1)')
+    parser.add_argument("--out", required=True, help="output model folder (written when training finished)")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="quick | standard | paper (GPU), cpu (small network, default without a GPU), test")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cuda, cuda:N or cpu")
+    parser.add_argument("--steps", type=int, help="number of training steps (default: the preset's)")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="fit the run into this many seconds (the cpu preset defaults to 720; 0 = no limit)")
+    parser.add_argument("--val-cases", type=int,
+                        help="cases held out for validation (default: 1 in 5, at most 10; none below 5 cases)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, help="batch size (default: the preset's, reduced to fit the GPU)")
+    parser.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                        help="patch size in voxels (default: from the backbone plan, clipped to the data)")
+    parser.add_argument("--max-lr", type=float, help="maximum learning rate (default: 1e-3 fine-tuning, 1e-2 scratch)")
+    parser.add_argument("--max-memory-gb", type=float,
+                        help="GPU memory limit: batch/patch are reduced and gradient checkpointing enabled to fit")
+    parser.add_argument("--pack", metavar="FILE", help="also pack the model into one .sslmodel file")
+    add_progress_argument(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _label_info(args):
+    if args.label_info:
+        try:
+            with open(args.label_info, encoding="utf-8") as stream:
+                info = json.load(stream)
+        except (OSError, json.JSONDecodeError) as error:
+            raise UserError(f"cannot read --label-info {args.label_info}: {error}") from None
+        if not isinstance(info, list) or not all(isinstance(e, dict) and "value" in e for e in info):
+            raise UserError("--label-info must be a JSON list of {\"value\": ..., \"name\": ..., \"color\": ...}")
+        return info
+    return None
+
+
+def run(args):
+    from sslseg.progress import Reporter
+
+    reporter = Reporter(args.progress, prefix="finetune")
+
+    def work():
+        from sslseg.finetune import finetune
+        from sslseg.model_folder import pack_model
+
+        names = {i + 1: n for i, n in enumerate(args.label_names)} if args.label_names else None
+        path = finetune(args.backbone, data=args.data, images=args.images, labels=args.labels, out=args.out,
+                        preset=args.preset, device=args.device, steps=args.steps, val_cases=args.val_cases,
+                        seed=args.seed, progress=reporter, label_names=names, label_info=_label_info(args),
+                        time_limit=args.time_limit, max_memory_gb=args.max_memory_gb, batch_size=args.batch_size,
+                        patch_size=args.patch, max_lr=args.max_lr)
+        if args.pack:
+            reporter.log(f"packed model: {pack_model(path, args.pack)}")
+        if args.progress == "bar":
+            print(f"model written to {path}")
+        return 0
+
+    return run_reported(reporter, work)

@@ -1,0 +1,206 @@
+"""Preprocessing shared by fine-tuning and inference: reading and checking cases, resampling to the model's spacing,
+intensity normalisation, patch-size choice and padding.
+
+Images stay in their own voxel frame (no reorientation): resampling changes only the spacing and keeps the
+direction and the physical extent, so that a prediction maps back exactly onto the input's grid.
+
+Normalisation (recorded in model.json, applied again by predict):
+
+- ``zscore`` (MRI and anything that is not CT): per case and channel, ``(x - mean) / std`` over all voxels;
+- ``ct``: clip to ``intensity_range`` (default [-1000, 1000] HU) and scale linearly to [-1, 1].
+
+Example::
+
+    pre = Preprocessor(spacing=[1.0, 1.0, 1.0], normalization="zscore", in_channels=1)
+    image, label, geometry = read_case(case, in_channels=1, label_values={1, 2})
+    array, grid = pre.image(image, geometry)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from sslseg.errors import UserError
+from sslseg.imageio import Geometry, read_image, resample_to_grid
+
+DEFAULT_CT_RANGE = [-1000.0, 1000.0]
+
+
+# --- reading and checking ------------------------------------------------------------------------------------
+
+def read_channels(paths, case_id: str, in_channels: int | None = None):
+    """Read a case's image files (one per channel, or one multi-channel file); returns ``(array[c,z,y,x] float32,
+    Geometry)``. Refuses unreadable files, channels on different grids, a wrong channel count and NaN/inf."""
+    arrays, geometry = [], None
+    for path in paths:
+        array, grid = read_image(path)
+        if array.ndim == 3:
+            array = array[None]
+        elif array.ndim == 4 and len(paths) == 1 and grid.shape == tuple(array.shape[1:]):
+            pass  # a multi-component file
+        elif array.ndim == 4 and len(paths) == 1:
+            # a 4D NIfTI (MSD layout, channels last in ITK's order): SimpleITK gives array[c, z, y, x]
+            pass
+        else:
+            raise UserError(f"case {case_id}: {path} is not a 3D image (array shape {array.shape})")
+        if geometry is None:
+            geometry = Geometry(tuple(array.shape[1:]), grid.spacing, grid.origin, grid.direction)
+        elif not geometry.same_grid(Geometry(tuple(array.shape[1:]), grid.spacing, grid.origin, grid.direction)):
+            raise UserError(f"case {case_id}: the channel images are not on the same voxel grid ({path})")
+        arrays.append(array)
+    image = np.concatenate(arrays, axis=0).astype(np.float32, copy=False)
+    if in_channels is not None and image.shape[0] != in_channels:
+        raise UserError(f"case {case_id}: {image.shape[0]} image channel(s) but the model expects {in_channels} "
+                        f"(files: {', '.join(map(str, paths))})")
+    if not np.isfinite(image).all():
+        bad = int((~np.isfinite(image)).sum())
+        raise UserError(f"case {case_id}: the image contains {bad} NaN or infinite voxel(s) ({paths[0]})")
+    return image, geometry
+
+
+def read_label(path, case_id: str, geometry: Geometry, label_values=None) -> np.ndarray:
+    """Read and check a label file against its image: same grid, whole numbers, only known values, not empty."""
+    array, grid = read_image(path)
+    if array.ndim != 3:
+        raise UserError(f"case {case_id}: label {path} is not a 3D image (array shape {array.shape})")
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise UserError(f"case {case_id}: label shape {tuple(reversed(array.shape))} does not match the image's "
+                        f"{tuple(reversed(geometry.shape))} (x, y, z) ({path})")
+    if not geometry.same_grid(grid, tolerance=1e-3):
+        raise UserError(f"case {case_id}: the label's geometry (spacing/origin/direction) differs from the image's "
+                        f"({path}: spacing {grid.spacing}, origin {grid.origin}; image: spacing {geometry.spacing}, "
+                        f"origin {geometry.origin})")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
+            raise UserError(f"case {case_id}: label {path} holds non-integer values; a label map needs whole numbers")
+    values = set(int(v) for v in np.unique(array))
+    if label_values is not None:
+        unknown = sorted(values - set(label_values) - {0})
+        if unknown:
+            raise UserError(f"case {case_id}: label {path} holds value(s) {unknown} that the dataset's labels do not "
+                            f"list ({sorted(label_values)}); add them to dataset.json or fix the label file")
+    if values <= {0}:
+        raise UserError(f"case {case_id}: label {path} is empty (background only); remove the case or annotate it")
+    if max(values) > 255 or min(values) < 0:
+        raise UserError(f"case {case_id}: label values must be in 0..255 (found {min(values)}..{max(values)})")
+    return array.astype(np.uint8)
+
+
+# --- the preprocessor ----------------------------------------------------------------------------------------
+
+@dataclass
+class Preprocessor:
+    spacing: list  # [x, y, z] mm; None entries or an empty list keep the input's spacing
+    normalization: str = "zscore"
+    in_channels: int = 1
+    intensity_range: list = field(default_factory=lambda: list(DEFAULT_CT_RANGE))
+
+    def __post_init__(self):
+        if self.normalization not in ("zscore", "ct"):
+            raise UserError(f"unknown intensity normalisation {self.normalization!r} (zscore or ct)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessor":
+        return cls(spacing=data.get("spacing"), normalization=data.get("normalization", "zscore"),
+                   in_channels=int(data.get("in_channels", 1)),
+                   intensity_range=list(data.get("intensity_range") or DEFAULT_CT_RANGE))
+
+    def target_geometry(self, geometry: Geometry) -> Geometry:
+        return resampled_geometry(geometry, self.spacing)
+
+    def image(self, image: np.ndarray, geometry: Geometry):
+        """``image[c,z,y,x]`` on ``geometry`` -> (normalised float32 array on the model's spacing, its Geometry)."""
+        target = self.target_geometry(geometry)
+        if not target.same_grid(geometry, tolerance=1e-6):
+            image = np.stack([resample_to_grid(channel, geometry, target, is_label=False) for channel in image])
+        return self.normalize(image), target
+
+    def label(self, label: np.ndarray, geometry: Geometry) -> np.ndarray:
+        target = self.target_geometry(geometry)
+        if target.same_grid(geometry, tolerance=1e-6):
+            return label
+        return resample_to_grid(label, geometry, target, is_label=True).astype(np.uint8)
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        image = image.astype(np.float32, copy=True)
+        if self.normalization == "ct":
+            low, high = self.intensity_range
+            np.clip(image, low, high, out=image)
+            image = (image - low) / max(high - low, 1e-6) * 2.0 - 1.0
+            return image.astype(np.float32)
+        for channel in image:
+            mean, std = float(channel.mean()), float(channel.std())
+            channel -= mean
+            channel /= max(std, 1e-8)
+        return image
+
+
+def resampled_geometry(geometry: Geometry, spacing) -> Geometry:
+    """The grid covering the same physical box as ``geometry`` at ``spacing`` ([x, y, z]); unchanged when the
+    spacing already matches within 1 %."""
+    if not spacing:
+        return geometry
+    old = np.asarray(geometry.spacing, float)
+    new = np.asarray([o if s is None else float(s) for s, o in zip(spacing, old)])
+    if np.allclose(old, new, rtol=0.01):
+        return geometry
+    size_xyz = np.asarray(list(reversed(geometry.shape)), float)
+    new_size = np.maximum(1, np.round(size_xyz * old / new)).astype(int)
+    direction = np.asarray(geometry.direction, float).reshape(3, 3)
+    # keep the outer box: the first voxel's corner stays where it was
+    corner = np.asarray(geometry.origin) - direction @ (old / 2)
+    origin = corner + direction @ (new / 2)
+    return Geometry(tuple(int(s) for s in reversed(new_size)), tuple(float(v) for v in new),
+                    tuple(float(v) for v in origin), tuple(geometry.direction))
+
+
+def resample_probabilities(probabilities: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
+    """Class probabilities ``[k, z, y, x]`` from ``source`` to ``target`` (linear); outside the source the
+    background (class 0) gets probability 1."""
+    if source.same_grid(target, tolerance=1e-6):
+        return probabilities
+    out = np.empty((probabilities.shape[0], *target.shape), np.float32)
+    reference = target.reference_image()
+    for k, channel in enumerate(probabilities):
+        image = source.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(channel, dtype=np.float32)))
+        resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 1.0 if k == 0 else 0.0,
+                                  sitk.sitkFloat32)
+        out[k] = sitk.GetArrayFromImage(resampled)
+    return out
+
+
+# --- patches -------------------------------------------------------------------------------------------------
+
+def round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def choose_patch_size(shapes, stride, plan_patch=None, cap=None, minimum=None) -> list:
+    """Patch [z, y, x]: the data's median shape rounded up to the network's total stride (small crops are then
+    seen whole, padded), never larger than the plan's patch or ``cap``."""
+    median = np.median(np.asarray([list(s) for s in shapes]), axis=0)
+    patch = [round_up(int(math.ceil(m)), st) for m, st in zip(median, stride)]
+    for limit in (plan_patch, cap):
+        if limit:
+            patch = [min(p, max(st, (int(l) // st) * st)) for p, l, st in zip(patch, limit, stride)]
+    if minimum:
+        patch = [max(p, round_up(int(m), st)) for p, m, st in zip(patch, minimum, stride)]
+    return [int(p) for p in patch]
+
+
+def pad_to(array: np.ndarray, shape, value=0.0):
+    """Pad the last three axes symmetrically up to ``shape``; returns (padded, slices of the original)."""
+    spatial = array.shape[-3:]
+    pads = [max(0, int(s) - d) for s, d in zip(shape, spatial)]
+    if not any(pads):
+        return array, tuple(slice(0, d) for d in spatial)
+    widths = [(p // 2, p - p // 2) for p in pads]
+    padded = np.pad(array, [(0, 0)] * (array.ndim - 3) + widths, mode="constant", constant_values=value)
+    return padded, tuple(slice(w[0], w[0] + d) for w, d in zip(widths, spatial))
