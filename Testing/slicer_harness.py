@@ -16,8 +16,8 @@ code run under pytest on real nodes (nothing of MRML is mocked):
   ``processEvents()`` (a no-op: there is no Qt event loop), ``applicationLogic()``, ``mrmlScene()``,
   ``applicationName`` and ``temporaryPath``. There is no ``layoutManager()``, no main window and no Qt: widget code
   cannot run here.
-- new data nodes get a subject-hierarchy item under the scene, as Slicer's (Qt) subject hierarchy plugin logic
-  does when a node is added.
+- new data nodes get a subject-hierarchy item under the scene, and removed nodes lose theirs, as Slicer's (Qt)
+  subject hierarchy plugin logic does.
 
 Usage (pytest: use the ``slicer_scene`` fixture of ``Testing/conftest.py`` instead)::
 
@@ -239,8 +239,8 @@ class SlicerHarness:
         self._baseline = self._nodeIDs()
 
     def _observeNodeAdded(self, slicer):
-        """Give new data nodes a subject-hierarchy item under the scene, as Slicer's subject hierarchy plugin
-        logic does (that part of Slicer is Qt code, absent from slicer-core)."""
+        """Give new data nodes a subject-hierarchy item under the scene and remove the item of a removed node, as
+        Slicer's subject hierarchy plugin logic does (that part of Slicer is Qt code, absent from slicer-core)."""
         import vtk
 
         @vtk.calldata_type(vtk.VTK_OBJECT)
@@ -254,8 +254,18 @@ class SlicerHarness:
             if shNode is not None and not shNode.GetItemByDataNode(node):
                 shNode.CreateItem(shNode.GetSceneItemID(), node)
 
-        self._onNodeAdded = onNodeAdded  # keep the callback alive
+        @vtk.calldata_type(vtk.VTK_OBJECT)
+        def onNodeAboutToBeRemoved(caller, event, node):
+            shNode = self.scene.GetSubjectHierarchyNode() if node is not None else None
+            if shNode is None or node is shNode:
+                return
+            item = shNode.GetItemByDataNode(node)
+            if item:
+                shNode.RemoveItem(item, False, False)  # keep the node removal to the scene; children move up
+
+        self._callbacks = (onNodeAdded, onNodeAboutToBeRemoved)  # keep the callbacks alive
         self.scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, onNodeAdded)
+        self.scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, onNodeAboutToBeRemoved)
 
     def install(self):
         """Expose the scene, modules and app on the ``slicer`` package, like the application does."""

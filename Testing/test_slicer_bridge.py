@@ -432,3 +432,25 @@ def test_damaged_files_give_clear_errors_without_aborting(hippocampus_dir, tmp_p
     assert "LOADED" not in result.stdout, result.stdout
     assert result.stdout.count("CLEAR") == 2 * (len(cases) + 1)
     assert "truncated or corrupt" in result.stdout
+
+
+def test_segmentation_in_world_space_onto_transformed_volume(bridge, hippocampus_dir):
+    """The user moved the volume with a transform and annotated in world space (segmentation not transformed):
+    the labels still come out on the volume's own voxel grid."""
+    import slicer
+
+    image_path, label_path = _paths(hippocampus_dir)
+    volume = slicer.util.loadVolume(image_path)
+    labels, _ = read_image(label_path)
+    node = bridge.labelArrayToSegmentationNode(labels, LABELS, volume)
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = np.eye(4)
+    matrix[:3, :3] = _rotation([0, 0, 1], 90)  # a quarter turn keeps voxel centres on voxel centres
+    matrix[:3, 3] = [4.0, -3.0, 2.0]
+    slicer.util.updateTransformMatrixFromArray(transform, matrix)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    node.HardenTransform()  # the annotation now lives in world coordinates
+    assert node.GetTransformNodeID() is None
+    back, _ = bridge.segmentationToLabelArray(node, volume)
+    assert np.array_equal(back, labels)
