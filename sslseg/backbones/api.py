@@ -96,12 +96,14 @@ def load_backbone(source, num_classes: int, in_channels: int = 1, load_decoder: 
     load (nearly) completely."""
     if int(num_classes) < 1 or int(in_channels) < 1:
         raise UserError("num_classes and in_channels must be at least 1")
+    source = os.fspath(source)
+    if is_catalog_name(source) and not os.path.exists(source):
+        _refuse_unsupported(catalog_entry(source))
     path, name, entry, meta = resolve(source, download=download, progress=progress)
     if entry is None and meta and meta.get("catalog"):
         entry = catalog_entry(meta["catalog"]) if is_catalog_name(meta["catalog"]) else None
-    if entry is not None and not entry.get("supported", True):
-        raise UserError(f"backbone {entry['name']} ({entry['architecture']}) is not supported yet: "
-                        f"{entry.get('notes', '')}".strip())
+    if entry is not None:
+        _refuse_unsupported(entry)
     checkpoint = _read(path)
     kind = _detect_format(checkpoint)
     if kind == "nnssl":
@@ -129,6 +131,12 @@ def load_backbone(source, num_classes: int, in_channels: int = 1, load_decoder: 
     if meta:
         report.sha256 = meta.get("sha256")
     return network, report
+
+
+def _refuse_unsupported(entry: dict):
+    if not entry.get("supported", True):
+        raise UserError(f"backbone {entry['name']} ({entry['architecture']}) is not supported yet: "
+                        f"{entry.get('notes', '')}".strip())
 
 
 def list_backbones() -> list:

@@ -115,11 +115,14 @@ def download_backbone(name: str, progress=None, force: bool = False) -> str:
     meta_path = os.path.join(folder, cache.META_FILE)
     if os.path.exists(meta_path):
         os.remove(meta_path)
+    current_url = checkpoint_url
     try:
         plan_name = None
         if "plan" in files:
             plan_name = files["plan"]["filename"]
-            download_file(_url_for(name, files["plan"]), os.path.join(folder, plan_name), files["plan"].get("sha256"))
+            current_url = _url_for(name, files["plan"])
+            download_file(current_url, os.path.join(folder, plan_name), files["plan"].get("sha256"))
+            current_url = checkpoint_url
         digest = download_file(checkpoint_url, os.path.join(folder, checkpoint_spec["filename"]),
                                checkpoint_spec.get("sha256"), progress, checkpoint_spec.get("size"))
     except (urllib.error.URLError, OSError) as error:
@@ -127,7 +130,7 @@ def download_backbone(name: str, progress=None, force: bool = False) -> str:
         kept = " (the part received so far is kept; run the same command again to resume)" \
             if isinstance(error, DownloadInterrupted) else ""
         raise UserError(
-            f"could not download {name} from {checkpoint_url}: {reason}{kept}. If this computer is offline or a "
+            f"could not download {name} from {current_url}: {reason}{kept}. If this computer is offline or a "
             f"proxy/firewall blocks the site, download {checkpoint_spec['filename']}"
             + (f" and {files['plan']['filename']}" if "plan" in files else "")
             + f" on another computer from {entry.get('homepage')}, copy them here and run: {import_hint}"
