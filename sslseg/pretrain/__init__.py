@@ -18,6 +18,9 @@ Example (Python console, also inside Slicer)::
 
 from __future__ import annotations
 
+import sys
+import types
+
 METHODS = ("s3d", "mae", "volf")
 
 
@@ -28,7 +31,8 @@ def pretrain(method: str, images, out, arch: str = "ResEncL", steps: int = 250_0
     """Pretrain a backbone; mirrors ``sslseg pretrain`` (see its ``--help``). ``patch`` is (z, y, x) voxels,
     ``spacing`` (x, y, z) mm; a single number means isotropic. Other keyword options go to
     :class:`sslseg.pretrain.trainer.PretrainConfig` (``lr``, ``momentum``, ``weight_decay``, ``clip``,
-    ``report_every``, ``amp``). Returns ``{"checkpoint", "out", "steps", "final_loss", "losses", "registered"}``."""
+    ``report_every``, ``val_every``, ``stop_at``, ``amp``). ``progress`` is a mode ("bar", "json", "none") or a
+    :class:`sslseg.pretrain.events.Reporter`. Returns ``{"checkpoint", "out", "steps", "final_loss", "losses", "registered"}``."""
     from sslseg.pretrain.events import Reporter
     from sslseg.pretrain.trainer import PretrainConfig, run_pretraining
 
@@ -38,7 +42,8 @@ def pretrain(method: str, images, out, arch: str = "ResEncL", steps: int = 250_0
         save_every=save_every, workers=workers, volf_variant=volf_variant, modality=modality, register=register,
         **options,
     )
-    return run_pretraining(config, Reporter(progress))
+    reporter = progress if isinstance(progress, Reporter) else Reporter(progress)
+    return run_pretraining(config, reporter)
 
 
 def _triple(value, kind):
@@ -46,3 +51,15 @@ def _triple(value, kind):
         value = [value]
     value = [kind(v) for v in value]
     return tuple(value * 3 if len(value) == 1 else value)
+
+
+class _CallablePackage(types.ModuleType):
+    """``sslseg.pretrain`` is both this package and the API function (``sslseg/__init__.py`` exports the function
+    lazily under the same name): once the package is imported it replaces that attribute, so the package itself
+    forwards calls to :func:`pretrain`."""
+
+    def __call__(self, *args, **kwargs):
+        return pretrain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
