@@ -105,7 +105,7 @@ def download_backbone(name: str, progress=None, force: bool = False) -> str:
     files = entry["files"]
     checkpoint_spec = files["checkpoint"]
     checkpoint_url = _url_for(name, checkpoint_spec)
-    manual = checkpoint_spec.get("manual") or entry.get("homepage")
+    manual = checkpoint_spec.get("manual") or entry.get("homepage")   # where a person gets the file by hand
     import_hint = (f"sslseg models import {checkpoint_spec['filename']} --name {name}"
                    + (" (with adaptation_plan.json in the same folder)" if "plan" in files else ""))
     if not checkpoint_url:
@@ -133,7 +133,7 @@ def download_backbone(name: str, progress=None, force: bool = False) -> str:
             f"could not download {name} from {current_url}: {reason}{kept}. If this computer is offline or a "
             f"proxy/firewall blocks the site, download {checkpoint_spec['filename']}"
             + (f" and {files['plan']['filename']}" if "plan" in files else "")
-            + f" on another computer from {entry.get('homepage')}, copy them here and run: {import_hint}"
+            + f" on another computer from {manual}, copy {'them' if 'plan' in files else 'it'} here and run: {import_hint}"
         ) from None
     cache.write_meta(name, {
         "name": name, "source": "catalog", "catalog": name, "checkpoint": checkpoint_spec["filename"],
