@@ -202,7 +202,10 @@ def test_fmunet_family_builds_through_networks(tmp_path):
 
 def test_pctnet_is_refused_clearly(tmp_path):
     path = tmp_path / "pctnet_ct10k_volf.pt"
-    torch.save({"model_state_dict": {"embeddings.proj.weight": torch.zeros(24, 1, 3, 3, 3)}}, path)
+    # PCT-Net's published layout (MIS-FM net/pct_net.py): embeddings.*, pyramid_ct.* (Swin blocks), pred_heads.*
+    torch.save({"model_state_dict": {"embeddings.0.proj.weight": torch.zeros(24, 1, 3, 3, 3),
+                                     "pyramid_ct.convtrans_e2.conv.conv_conv.0.weight": torch.zeros(128),
+                                     "pred_heads.0.out_conv0.conv.2.weight": torch.zeros(5, 24, 1, 1, 1)}}, path)
     with pytest.raises(UserError, match="PCT-Net .*not supported yet"):
         load_backbone(str(path), num_classes=2)
     with pytest.raises(UserError, match="not supported yet"):

@@ -65,7 +65,8 @@ def load(checkpoint: dict, path: str, name: str, num_classes: int, in_channels: 
 
     state = strip_prefixes(checkpoint["model_state_dict"])
     if "project.weight" not in state or "encoder.en_conv0.conv_list.0.3.weight" not in state:
-        if any(key.startswith(("embeddings", "conv_layers", "pct", "trans")) for key in state) or \
+        # PCT-Net (MIS-FM net/pct_net.py): embeddings.*, pyramid_ct.* (Swin blocks), pred_heads.*
+        if any(key.startswith(("embeddings.", "pyramid_ct.", "pred_heads.")) for key in state) or \
                 (catalog_entry and catalog_entry.get("architecture") == "PCTNet"):
             raise UserError(f"{path} looks like a MIS-FM PCT-Net checkpoint; PCT-Net (Swin blocks, fixed input size) "
                             "is not supported yet. Use the FMUNet checkpoint or a ResEnc-L backbone.")
