@@ -133,6 +133,11 @@ def test_catalog_download_records_hash_and_loads(server, tmp_path, monkeypatch):
     assert report.encoder.loaded == report.encoder.total and report.sha256 == meta["sha256"]
     requests = len(server.requests)
     assert download_backbone(name) == path and len(server.requests) == requests   # cached: no new request
+    # trust on first use: a forced re-download must match the recorded hash
+    server.files[f"/mirror/{name}/checkpoint_final.pth"] = checkpoint[:-10] + b"0123456789"
+    with pytest.raises(UserError, match="corrupt"):
+        download_backbone(name, force=True)
+    assert cache.read_meta(name)["sha256"] == meta["sha256"] and open(path, "rb").read() == checkpoint  # still cached
 
 
 def test_catalog_checksum_mismatch_never_lands_in_cache(server, tmp_path, monkeypatch):

@@ -74,8 +74,8 @@ def _detect_format(checkpoint) -> str:
 
 
 def _read(path: str):
-    """Safely read a checkpoint; NumPy scalars are allowed only for MIS-FM/PyMIC files (``*.pt`` dicts with
-    ``model_state_dict``), retried once when the plain load names a NumPy global."""
+    """Safely read a checkpoint. When the plain weights-only load stops at a NumPy global (PyMIC/MIS-FM store
+    scores as NumPy scalars, nnssl training logs may too), it is retried once with the NumPy allow-list."""
     try:
         return load_checkpoint(path)
     except UserError as error:
@@ -206,11 +206,7 @@ def import_checkpoint(path, name: str = None, overwrite: bool = False) -> str:
     plan_beside = os.path.join(os.path.dirname(source_path), cache.PLAN_FILE)
     if os.path.isfile(plan_beside):
         _copy_atomic(plan_beside, os.path.join(target_dir, cache.PLAN_FILE))
-    trainer = None
-    try:
-        trainer = _read(source_path).get("trainer_name")
-    except Exception:  # noqa: BLE001 - informational only
-        trainer = None
+    trainer = report.trainer
     meta = {
         "name": name,
         "source": "catalog" if entry else "imported",

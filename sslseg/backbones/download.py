@@ -113,7 +113,11 @@ def download_backbone(name: str, progress=None, force: bool = False) -> str:
                         f"Download {checkpoint_spec['filename']} from {manual}, then run: {import_hint}")
     folder = cache.entry_dir(name)
     meta_path = os.path.join(folder, cache.META_FILE)
-    if os.path.exists(meta_path):
+    # trust on first use: without a published hash, a re-download must match the hash recorded the first time
+    expected = checkpoint_spec.get("sha256") or (meta or {}).get("sha256")
+    # a valid cached copy stays valid during a forced re-download: the checkpoint is replaced atomically and only
+    # by a file with the same verified hash
+    if not meta and os.path.exists(meta_path):
         os.remove(meta_path)
     current_url = checkpoint_url
     try:
@@ -124,7 +128,7 @@ def download_backbone(name: str, progress=None, force: bool = False) -> str:
             download_file(current_url, os.path.join(folder, plan_name), files["plan"].get("sha256"))
             current_url = checkpoint_url
         digest = download_file(checkpoint_url, os.path.join(folder, checkpoint_spec["filename"]),
-                               checkpoint_spec.get("sha256"), progress, checkpoint_spec.get("size"))
+                               expected, progress, checkpoint_spec.get("size"))
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", None) or error
         kept = " (the part received so far is kept; run the same command again to resume)" \
@@ -138,7 +142,7 @@ def download_backbone(name: str, progress=None, force: bool = False) -> str:
     cache.write_meta(name, {
         "name": name, "source": "catalog", "catalog": name, "checkpoint": checkpoint_spec["filename"],
         "plan_file": plan_name, "sha256": digest, "sha256_source": "catalog" if checkpoint_spec.get("sha256")
-        else "recorded on first download", "size": os.path.getsize(os.path.join(folder, checkpoint_spec["filename"])),
+        else (meta or {}).get("sha256_source") or "recorded on first download", "size": os.path.getsize(os.path.join(folder, checkpoint_spec["filename"])),
         "origin": checkpoint_url, "format": entry["format"], "method": entry["method"],
         "architecture": entry["architecture"], "modality": entry["modality"], "title": entry["title"],
         "license": entry["license"], "pretraining_data": entry["pretraining_data"],

@@ -186,7 +186,7 @@ def load(checkpoint: dict, path: str, name: str, num_classes: int, in_channels: 
         raise UserError(f"{path}: network_weights is empty")
     network = build_from_spec(spec, in_channels, num_classes)
     report = LoadReport(name=name, source=path, format=FORMAT, spec=spec, plan=plan, num_classes=num_classes,
-                        in_channels=in_channels)
+                        in_channels=in_channels, trainer=checkpoint.get("trainer_name"))
     in_proj = tuple(adaptation_plan.get("keys_to_in_proj") or DEFAULT_IN_PROJ)
     load_parts = {"stem", "encoder"} | ({"decoder"} if load_decoder else set())
     differing = transfer(network, state, report, part_of, load_parts, prefer=prefer_all_modules, in_proj=in_proj,

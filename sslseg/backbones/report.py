@@ -55,6 +55,7 @@ class LoadReport:
     quirks: dict = dataclasses.field(default_factory=dict)
     parameters: int = 0
     sha256: str = None
+    trainer: str = None
 
     # convenience views ------------------------------------------------------------------------------------------
     def __getitem__(self, part: str) -> PartCounts:
@@ -97,6 +98,7 @@ class LoadReport:
             "in_channels": self.in_channels,
             "parameters": self.parameters,
             "sha256": self.sha256,
+            "trainer": self.trainer,
             "parts": {part: dict(dataclasses.asdict(counts), initialised=counts.initialised)
                       for part, counts in self.parts.items()},
             "encoder_fraction": round(self.encoder_fraction(), 6),

@@ -1,9 +1,9 @@
 """Reading checkpoint files without running code from them.
 
 Everything goes through ``torch.load(..., weights_only=True)``: tensors, containers and primitive values only.
-MIS-FM / PyMIC checkpoints may also carry NumPy scalars (e.g. a validation score); those few NumPy classes, which
-rebuild plain numbers and dtypes and call nothing else, are allowed by name (``torch.serialization.safe_globals``)
-for that one load. Any other global, e.g. a pickled ``os.system`` call, makes the load fail before anything runs.
+MIS-FM / PyMIC checkpoints (and nnssl training logs) may also carry NumPy scalars (e.g. a validation score); those
+few NumPy classes, which rebuild plain numbers and dtypes and call nothing else, are allowed by name
+(``torch.serialization.safe_globals``) for such a load. Any other global, e.g. a pickled ``os.system`` call, makes the load fail before anything runs.
 """
 
 from __future__ import annotations
