@@ -136,21 +136,26 @@ register_family(
 )
 
 
+def _family(family: str):
+    if family not in _FAMILIES:
+        import sslseg.backbones  # noqa: F401  (registers the MIS-FM FMUNet family)
+    if family not in _FAMILIES:
+        raise UserError(f"unknown network family {family!r} (known: {', '.join(_FAMILIES)})")
+    return _FAMILIES[family]
+
+
 def spec_for(name: str) -> dict:
     return {"family": "ResEnc", "name": name, "config": architecture_kwargs(name)}
 
 
 def build_from_spec(spec: dict, in_channels: int, num_classes: int):
-    family = spec.get("family", "ResEnc")
-    if family not in _FAMILIES:
-        raise UserError(f"unknown network family {family!r} (known: {', '.join(_FAMILIES)})")
-    return _FAMILIES[family][0](spec["config"], in_channels, num_classes)
+    return _family(spec.get("family", "ResEnc"))[0](spec["config"], in_channels, num_classes)
 
 
 def split_parameters(network, spec: dict):
     """``(encoder, decoder)`` lists of ``(name, parameter)``; the encoder includes the stem. Every parameter is in
     exactly one list (an error otherwise, so that a frozen phase never silently trains an unlisted part)."""
-    _, encoder_prefixes, decoder_prefixes = _FAMILIES[spec.get("family", "ResEnc")]
+    _, encoder_prefixes, decoder_prefixes = _family(spec.get("family", "ResEnc"))
     encoder, decoder = [], []
     for name, parameter in network.named_parameters():
         if name.startswith(encoder_prefixes):
