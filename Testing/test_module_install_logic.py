@@ -1,0 +1,139 @@
+"""Dependency install logic of the Slicer modules: the check runs on this venv's real package metadata (no network,
+no GUI); installing goes through collaborators, here recorders or a real offline pip."""
+
+import subprocess
+import sys
+import types
+
+import pytest
+
+from SSLSegmentationLib.installLogic import InstallError, InstallLogic, Requirement
+
+
+def _forbidden(*args, **kwargs):
+    raise AssertionError("must not be called")
+
+
+class Recorder:
+    def __init__(self, answer=True, effect=None):
+        self.calls = []
+        self.answer = answer
+        self.effect = effect
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        if self.effect:
+            self.effect(*args, **kwargs)
+        return self.answer
+
+
+def _installFake(sitePath, distribution, version="1.0"):
+    """What pip leaves behind: a .dist-info folder with METADATA, found by importlib.metadata on sys.path."""
+    info = sitePath / f"{distribution.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+
+
+@pytest.fixture
+def fakeSite(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def test_engine_requirements_are_satisfied_in_this_venv():
+    logic = InstallLogic.forEngine(pipInstall=_forbidden, confirm=_forbidden, installTorch=_forbidden,
+                                   askRestart=_forbidden)
+    assert logic.missing() == (False, [], [])
+    assert logic.missingDescription() == ""
+    assert logic.ensure() is True  # nothing to do: no dialog, no pip
+    specs = {r.spec: r for r in logic.requirements}
+    assert specs["dynamic-network-architectures>=0.4.4,<0.5"].noDeps
+    assert not specs["monai>=1.4"].noDeps
+    for host in ("torch", "SimpleITK", "requests", "numpy"):
+        assert host in logic.hostPackages
+
+
+def test_one_confirmation_lists_everything_and_decline_installs_nothing():
+    requirements = [Requirement("sslseg_absent_a", "sslseg-absent-a>=1"),
+                    Requirement("sslseg_absent_b", "sslseg-absent-b<0.5,>=0.4", noDeps=True),
+                    Requirement("numpy", "numpy>=1.0")]  # installed: not listed
+    confirm = Recorder(answer=False)
+    logic = InstallLogic(requirements, torchRequirement=">=999", requester="Test", pipInstall=_forbidden,
+                         confirm=confirm, installTorch=_forbidden, askRestart=_forbidden)
+    torchMissing, toInstall, hostProblems = logic.missing()
+    assert torchMissing and [r.spec for r in toInstall] == ["sslseg-absent-a>=1", "sslseg-absent-b<0.5,>=0.4"]
+    assert hostProblems == []
+    assert logic.ensure() is False
+    (text,), _ = confirm.calls[0]
+    assert len(confirm.calls) == 1
+    for expected in ("torch>=999", "PyTorch extension", "sslseg-absent-a>=1", "sslseg-absent-b<0.5,>=0.4",
+                     "without its dependencies"):
+        assert expected in text
+    assert "numpy" not in text
+
+
+def test_install_order_no_deps_and_host_pins(fakeSite):
+    seen = {}
+
+    def pip(specs, noDeps, constraints, requester):
+        with open(constraints) as stream:
+            seen.setdefault("constraints", stream.read())
+        seen.setdefault("calls", []).append((list(specs), noDeps))
+        for spec in specs:
+            _installFake(fakeSite, spec.split(">")[0].split("<")[0])
+
+    torch = Recorder()
+    requirements = [Requirement("sslseg_fake_a", "sslseg-fake-a>=1"),
+                    Requirement("sslseg_fake_b", "sslseg-fake-b>=0.5,<2", noDeps=True)]
+    logic = InstallLogic(requirements, torchRequirement=">=999", pipInstall=pip, confirm=Recorder(),
+                         installTorch=torch, askRestart=_forbidden)
+    assert logic.ensure() is True
+    assert torch.calls == [((">=999",), {})]
+    assert seen["calls"] == [(["sslseg-fake-a>=1"], False), (["sslseg-fake-b>=0.5,<2"], True)]
+    import numpy
+
+    assert f"numpy=={numpy.__version__}" in seen["constraints"].splitlines()
+    import importlib.metadata
+
+    assert f"torch=={importlib.metadata.version('torch')}" in seen["constraints"].splitlines()
+    assert logic.missing()[1] == []
+
+
+def test_host_packages_are_never_reinstalled():
+    logic = InstallLogic([Requirement("numpy", "numpy>=999"), Requirement("SimpleITK", "SimpleITK>=999")],
+                         pipInstall=_forbidden, confirm=_forbidden, installTorch=_forbidden, askRestart=_forbidden)
+    _, toInstall, hostProblems = logic.missing()
+    assert toInstall == [] and [r.importName for r in hostProblems] == ["numpy", "SimpleITK"]
+    with pytest.raises(InstallError, match="Slicer itself provides"):
+        logic.ensure()
+
+
+def test_restart_offered_when_an_imported_package_changed(fakeSite, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sslseg_fake_loaded", types.ModuleType("sslseg_fake_loaded"))
+    restart = Recorder()
+    logic = InstallLogic([Requirement("sslseg_fake_loaded", "sslseg-fake-loaded>=1")],
+                         pipInstall=lambda specs, **kw: _installFake(fakeSite, "sslseg-fake-loaded"),
+                         confirm=Recorder(), installTorch=_forbidden, askRestart=restart)
+    assert logic.ensure() is True
+    assert len(restart.calls) == 1 and "Restart Slicer" in restart.calls[0][0][0]
+
+
+def test_offline_pip_failure_gives_a_clear_message(tmp_path):
+    """A real pip run that cannot reach any index (--no-index): the error tells the user what to do."""
+    empty = tmp_path / "wheels"
+    empty.mkdir()
+
+    def offlinePip(specs, noDeps, constraints, requester):
+        args = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--find-links", str(empty),
+                "--disable-pip-version-check", "-q", *(["--no-deps"] if noDeps else []), *specs]
+        subprocess.run(args, check=True, capture_output=True, timeout=120)
+
+    logic = InstallLogic([Requirement("sslseg_absent_c", "sslseg-absent-c>=1")], pipInstall=offlinePip,
+                         confirm=Recorder(), installTorch=_forbidden, askRestart=_forbidden)
+    with pytest.raises(InstallError) as error:
+        logic.ensure()
+    message = str(error.value)
+    assert "no internet connection" in message and "sslseg-absent-c>=1" in message
+    assert "--find-links" in message
