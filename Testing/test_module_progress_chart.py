@@ -6,8 +6,9 @@ from SSLSegmentationLib.progressChart import ProgressChart
 
 
 def _nodeIDs(scene):
-    # singletons (e.g. the subject hierarchy node, created on first use) are part of every scene
-    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()) if not scene.GetNthNode(i).IsSingleton()}
+    # the scene's subject hierarchy node is created on first use; it belongs to every scene
+    nodes = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    return {node.GetID() for node in nodes if not node.IsA("vtkMRMLSubjectHierarchyNode")}
 
 
 def test_chart_nodes_follow_progress_events(slicer_scene):
