@@ -154,3 +154,44 @@ def test_two_process_gloo_run_under_torchrun(hippocampus_dir, tmp_path):
     assert checkpoint["init_args"]["processes"] == 2
     assert not any(k.startswith("module.") for k in checkpoint["network_weights"])
     assert sorted(os.listdir(out / "cache")) and len([n for n in os.listdir(out / "cache") if n.endswith(".npy")]) == 4
+
+
+def test_mae_run_with_loader_workers_registers_its_backbone(hippocampus_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLSEG_HOME", str(tmp_path / "home"))
+    images = _image_list(hippocampus_dir, tmp_path, count=2)
+    result = sslseg.pretrain("mae", images=images, out=tmp_path / "mae", arch="ResEncT-test", steps=3, batch=1,
+                             patch=16, device="cpu", workers=1, register="site-mae")
+    assert result["registered"] == "site-mae"
+    _check_nnssl_checkpoint(tmp_path / "mae", "MAE", outputs=1)
+    from sslseg.backbones import list_backbones
+
+    entry = next(b for b in list_backbones() if b["name"] == "site-mae")
+    assert entry["source"] == "imported" and entry["method"] == "MAE" and entry["cached"]
+
+
+def test_cancel_saves_a_resumable_checkpoint_and_no_final_backbone(hippocampus_dir, tmp_path):
+    import signal
+
+    images = _image_list(hippocampus_dir, tmp_path, count=2)
+    out = tmp_path / "cancelled"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sslseg", "pretrain", "--method", "s3d", "--images", images, "--out", str(out),
+         "--arch", "ResEncT-test", "--steps", "100000", "--batch", "1", "--patch", "16", "--device", "cpu",
+         "--progress", "json", "--report-every", "1", "--register", "never-registered"],
+        cwd=REPO, env={**env, "SSLSEG_HOME": str(tmp_path / "home")}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    events = []
+    for line in process.stdout:  # cancel as the GUI does, once training runs
+        events.append(json.loads(line))
+        if events[-1]["event"] == "progress":
+            process.send_signal(signal.SIGTERM)
+            break
+    rest, _ = process.communicate(timeout=120)
+    events += [json.loads(line) for line in rest.splitlines()]
+    assert process.returncode == 130
+    assert events[-1]["event"] == "error" and "cancelled" in events[-1]["message"]
+    assert not (out / "checkpoint_final.pth").exists() and not (out / "adaptation_plan.json").exists()
+    assert not (tmp_path / "home" / "backbones" / "never-registered").exists()
+    saved = torch.load(out / "checkpoint_latest.pth", weights_only=True)
+    assert saved["step"] >= 1
