@@ -299,6 +299,15 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
         )
         grid_shape = tuple(p // s for p, s in zip(config.patch, stride))
 
+        def forward_loss(net, image, label=None, grid=None):
+            """The forward pass in mixed precision (CUDA), the loss in float32."""
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                output = net(image) if grid is None else net(image, grid)
+            output = output.float()
+            if grid is None:
+                return volf_loss(output, label), output
+            return masked_l2_loss(output, image, expand_mask(grid, image.shape[2:])), output
+
         # A fixed validation batch (no augmentation, fixed masks) from this rank's volumes: the training loss
         # jumps with every random batch and mask ratio, this curve does not.
         val_batch = PretrainBatches(volumes, config.method, config.patch, config.val_batch, config.seed + 7919,
@@ -308,17 +317,16 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
 
         def validate(step):
             model.eval()
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.no_grad():
                 image = val_batch["image"].to(device)
                 if config.method == "volf":
                     label = val_batch["label"].to(device)
-                    logits = model(image)
-                    value = float(volf_loss(logits, label))
+                    loss, logits = forward_loss(model, image, label=label)
                     dice = float(_mean_dice(logits.argmax(1, keepdim=True), label, NUM_CLASSES))
                 else:
-                    grid = val_grid.to(device)
-                    value = float(masked_l2_loss(model(image, grid), image, expand_mask(grid, image.shape[2:])))
+                    loss, _ = forward_loss(model, image, grid=val_grid.to(device))
                     dice = None
+                value = float(loss)
             model.train()
             value = dist.mean(value, device)
             dice = None if dice is None else dist.mean(dice, device)
@@ -326,7 +334,7 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
             reporter.validation(step, value, dice)
             return value
         report_every = config.report_every or max(1, config.steps // 500)
-        val_every = config.val_every or max(1, config.steps // 20)
+        val_every = config.val_every or max(10, config.steps // 20)
         save_every = max(1, int(config.save_every))
 
         reporter.start(total_steps=config.steps, device=str(device), note=note, method=config.method,
@@ -357,17 +365,12 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    if config.method == "volf":
-                        label = batch["label"].to(device, non_blocking=True)
-                        loss = volf_loss(train_model(image), label)
-                    else:
-                        generator = torch.Generator().manual_seed(
-                            (config.seed * 1_000_003 + dist.rank) * 1_000_000_007 + batch_step)
-                        ratio = draw_mask_ratio(generator)
-                        grid = random_block_mask(image.shape[0], grid_shape, ratio, generator).to(device)
-                        prediction = train_model(image, grid)
-                        loss = masked_l2_loss(prediction, image, expand_mask(grid, image.shape[2:]))
+                if config.method == "volf":
+                    loss, _ = forward_loss(train_model, image, label=batch["label"].to(device, non_blocking=True))
+                else:
+                    generator = torch.Generator().manual_seed(_step_seed(config.seed, dist.rank, batch_step))
+                    grid = random_block_mask(image.shape[0], grid_shape, draw_mask_ratio(generator), generator)
+                    loss, _ = forward_loss(train_model, image, grid=grid.to(device))
                 if not torch.isfinite(loss):
                     raise RuntimeError(f"the loss became {loss.item()} at step {batch_step + 1}; lower --lr or check "
                                        "the images (see preflight.json)")
@@ -425,6 +428,13 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
         return result
     finally:
         dist.close()
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    """The mask generator's seed of one step (independent of everything else, so resume is exact)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, rank, step, 1]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _mean_dice(prediction, label, num_classes: int) -> float:
