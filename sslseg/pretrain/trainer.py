@@ -354,7 +354,7 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
         model.train()
         step = start_step
         stopped = False
-        window = []
+        window, non_finite = [], 0
         if start_step == 0:
             validate(0)
         try:
@@ -371,7 +371,10 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
                     generator = torch.Generator().manual_seed(_step_seed(config.seed, dist.rank, batch_step))
                     grid = random_block_mask(image.shape[0], grid_shape, draw_mask_ratio(generator), generator)
                     loss, _ = forward_loss(train_model, image, grid=grid.to(device))
-                if not torch.isfinite(loss):
+                finite = bool(torch.isfinite(loss))
+                # fp16 overflow (CUDA): the grad scaler skips the step, as in nnU-Net; in fp32 it is divergence
+                non_finite = 0 if finite else non_finite + 1
+                if not finite and (not use_amp or non_finite >= 50):
                     raise RuntimeError(f"the loss became {loss.item()} at step {batch_step + 1}; lower --lr or check "
                                        "the images (see preflight.json)")
                 scaler.scale(loss).backward()
@@ -380,9 +383,10 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
                 scaler.step(optimizer)
                 scaler.update()
                 step = batch_step + 1
-                window.append(float(loss.detach()))
+                if finite:
+                    window.append(float(loss.detach()))
                 if step % report_every == 0 or step == config.steps:
-                    mean_loss = dist.mean(sum(window) / len(window), device)
+                    mean_loss = dist.mean(sum(window) / len(window) if window else float("nan"), device)
                     window = []
                     loss_history.append((step, mean_loss))
                     reporter.progress(step, config.steps, mean_loss, lr)
