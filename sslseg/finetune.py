@@ -316,7 +316,7 @@ def _labels_from(dataset, label_info, cases_labels) -> list:
 
 
 def _split(case_ids, val_cases, seed, val_case_ids=None):
-    if val_case_ids:
+    if val_case_ids is not None:
         missing = sorted(set(val_case_ids) - set(case_ids))
         if missing:
             raise UserError(f"validation case(s) {missing} are not in the data")
@@ -363,13 +363,17 @@ def _load_network(backbone, preset: Preset, num_classes: int, in_channels: int, 
 def finetune(backbone="none", data=None, images=None, labels=None, out=None, preset=None, device="auto",
              steps=None, val_cases=None, seed=0, progress="bar", label_names=None, label_info=None,
              time_limit=None, max_memory_gb=None, batch_size=None, patch_size=None, val_case_ids=None,
-             max_lr=None, optimizer=None, train_case_ids=None):
+             max_lr=None, optimizer=None, train_case_ids=None, keep_best=True,
+             step_callback=None):
     """Fine-tune ``backbone`` (a backbone name or checkpoint file, or ``"none"`` to train from scratch) on a dataset
     folder ``data`` (nnU-Net/MSD layout) or on explicit ``images``/``labels`` lists; write the model folder ``out``.
     Returns the model folder's path. Every input is checked before training starts.
 
     ``time_limit`` (seconds; 0 = none; default from the preset) fixes the number of steps from the speed measured
-    in the first steps, so that the whole run (validation included) ends in about that time."""
+    in the first steps, so that the whole run (validation included) ends in about that time. ``keep_best``: keep
+    the weights with the best validation Dice (default) rather than the last ones. ``step_callback(step=, phase=,
+    loss=, network=, optimizer=)`` is called after every optimiser step (raising in it cancels the run: nothing is
+    written)."""
     import torch
 
     from sslseg.datasets import dataset_from_lists, load_dataset
@@ -544,6 +548,8 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
         loss_value = float(loss.detach())
         losses.append(loss_value)
         phase = schedule.phase(step - 1)
+        if step_callback is not None:
+            step_callback(step=step, phase=phase, loss=loss_value, network=network, optimizer=optim)
 
         # a time limit fixes the run's length from the measured speed, after a short calibration, and corrects it
         # at each validation (whose cost is then known)
@@ -574,7 +580,7 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
             history.append({"step": step, "mean_dice": mean, "dice": per_label,
                             "seconds": round(time.monotonic() - started, 1)})
             reporter.validation(step, per_label, mean)
-            if mean > best["mean"]:
+            if mean > best["mean"] and (keep_best or step == schedule.total):
                 best = {"mean": mean, "dice": per_label, "step": step,
                         "state": {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}}
         now = time.monotonic()
@@ -629,7 +635,7 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
             "mean_dice": best["mean"] if best["dice"] is not None else None,
             "dice": best["dice"],
             "history": history,
-            "note": None if val_ids else "no validation cases: the last weights are kept",
+            "note": None if val_ids and keep_best else "the last weights are kept",
         },
     }
     path = save_model(out, meta, state)

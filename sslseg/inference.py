@@ -24,6 +24,30 @@ from sslseg.preprocessing import pad_to, read_channels, resample_probabilities
 from sslseg.progress import Reporter
 
 
+def configure_cpu_threads() -> str:
+    """Pick torch's CPU thread count. OpenMP threads that outnumber the free cores spin against each other: on our
+    2-core machine, busy with other jobs, a training step took ~25 s with 2 threads and ~8 s with 1 (see
+    docs/benchmarks.md). Unless ``OMP_NUM_THREADS`` or ``SSLSEG_THREADS`` says otherwise, use the cores that the
+    1-minute load average leaves free (at least one)."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    explicit = os.environ.get("SSLSEG_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if explicit and explicit.isdigit() and int(explicit) > 0:
+        threads = int(explicit)
+        why = "as set in the environment"
+    else:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            load = 0.0
+        threads = max(1, min(torch.get_num_threads(), int(round(cores - load))))
+        why = f"{cores} core(s), load {load:.1f}"
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return f"{threads} thread(s) ({why})"
+
+
 def resolve_device(device: str = "auto"):
     """``auto`` picks CUDA when available. Returns (torch.device, note for the user)."""
     import torch
@@ -37,8 +61,8 @@ def resolve_device(device: str = "auto"):
         raise UserError(f"unknown device {device!r} (auto, cuda, cuda:N or cpu)")
     torch_device = torch.device(device)
     if torch_device.type == "cpu":
-        note = (f"running on CPU with {torch.get_num_threads()} thread(s), no mixed precision: expect minutes "
-                f"where a GPU takes seconds")
+        note = (f"running on CPU with {configure_cpu_threads()}, no mixed precision: expect minutes where a GPU "
+                f"takes seconds")
     else:
         note = f"CUDA: {torch.cuda.get_device_name(torch_device)}, mixed precision"
     return torch_device, note

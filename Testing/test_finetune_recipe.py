@@ -1,0 +1,239 @@
+"""Fine-tuning: the three-phase schedule, the truly frozen encoder, a falling loss, the model folder, bad inputs.
+
+Real short runs on CPU with the tiny ResEncT-test network on a few ../shared/data hippocampus cases."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from sslseg.errors import UserError
+from sslseg.finetune import finetune
+from sslseg.imageio import Geometry, read_image, write_image
+from sslseg.model_folder import load_model, pack_model
+from sslseg.networks import build_from_spec, spec_for, split_parameters
+from sslseg.schedule import Schedule
+
+NAMES = {1: "Anterior", 2: "Posterior"}
+
+
+def hippocampus_files(root, count, start=0):
+    images = sorted(os.listdir(os.path.join(root, "imagesTr")))[start:start + count]
+    return ([os.path.join(root, "imagesTr", n) for n in images], [os.path.join(root, "labelsTr", n) for n in images])
+
+
+# --- schedule ------------------------------------------------------------------------------------------------
+
+def test_schedule_follows_the_three_phases():
+    schedule = Schedule.from_fractions(120, 12_500 / 150_000, 12_500 / 150_000, 1e-3)
+    assert (schedule.decoder_steps, schedule.full_steps) == (10, 10)
+    phases = [schedule.phase(s) for s in range(120)]
+    assert phases[:10] == ["decoder_warmup"] * 10 and phases[10:20] == ["full_warmup"] * 10
+    assert set(phases[20:]) == {"poly"}
+    lrs = np.array([schedule.lr(s) for s in range(120)])
+    # phase 1: linear ramp to the max lr, encoder frozen only there
+    assert np.allclose(lrs[:10], 1e-3 * np.arange(1, 11) / 10)
+    assert [schedule.encoder_frozen(s) for s in (0, 9, 10, 50)] == [True, True, False, False]
+    # phase 2: a second linear ramp from a small lr to the max
+    assert lrs[10] == pytest.approx(1e-4) and np.all(np.diff(lrs[10:20]) > 0) and lrs[19] == pytest.approx(1e-3)
+    # phase 3: PolyLR with exponent 0.9 from the max lr towards 0
+    t = np.arange(100) / 100
+    assert np.allclose(lrs[20:], 1e-3 * (1 - t) ** 0.9)
+    assert np.all(np.diff(lrs[20:]) < 0) and lrs[-1] < 1e-4
+
+
+def test_scratch_schedule_is_plain_poly():
+    schedule = Schedule(50, 0, 0, 1e-2)
+    assert {schedule.phase(s) for s in range(50)} == {"train"}
+    assert schedule.lr(0) == pytest.approx(1e-2) and not schedule.encoder_frozen(0)
+    with pytest.raises(ValueError):
+        Schedule(10, 5, 5, 1e-3)
+
+
+# --- a backbone in the nnssl format, written from a freshly built network -------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory):
+    """An nnssl-format checkpoint (CONTRACTS.md) of ResEncT-test with random weights, read by the real loader."""
+    spec = spec_for("ResEncT-test")
+    torch.manual_seed(1)
+    network = build_from_spec(spec, 1, 5)
+    checkpoint = {
+        "network_weights": network.state_dict(),
+        "nnssl_adaptation_plan": {
+            "architecture_plans": {"arch_class_name": "ResEncT-test", "arch_kwargs": spec["config"]},
+            "pretrain_plan": {"spacing": [1.0, 1.0, 1.0], "normalization": "zscore", "patch_size": [16, 24, 16]},
+            "pretrain_num_input_channels": 1,
+            "recommended_downstream_patchsize": [16, 24, 16],
+            "key_to_encoder": "encoder.stages",
+            "key_to_stem": "encoder.stem",
+            "keys_to_in_proj": ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"],
+        },
+        "trainer_name": "SparkMAETrainer",
+        "init_args": {},
+    }
+    path = tmp_path_factory.mktemp("backbone") / "checkpoint_final.pth"
+    torch.save(checkpoint, path)
+    return path, {k: v.clone() for k, v in network.state_dict().items()}
+
+
+def test_frozen_phase_keeps_every_encoder_tensor_bit_identical(tmp_path, hippocampus_dir, tiny_backbone):
+    path, pretrained = tiny_backbone
+    images, labels = hippocampus_files(hippocampus_dir, 3)
+    seen = {}
+
+    def watch(step, phase, loss, network, optimizer):
+        encoder, decoder = split_parameters(network, spec_for("ResEncT-test"))
+        optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if step == 1:
+            seen["decoder_start"] = {n: p.detach().clone() for n, p in decoder}
+        if phase == "decoder_warmup":
+            # frozen = no gradient and not in the optimiser (stem included)
+            assert all(not p.requires_grad and id(p) not in optimised for _, p in encoder)
+            assert all(p.requires_grad and id(p) in optimised for _, p in decoder)
+            seen["encoder_end"] = {n: p.detach().clone() for n, p in encoder}
+            seen["decoder_end"] = {n: p.detach().clone() for n, p in decoder}
+        elif phase == "full_warmup" and "full" not in seen:
+            seen["full"] = all(p.requires_grad and id(p) in optimised for _, p in encoder)
+            seen["encoder_moved"] = any(not torch.equal(p.detach(), seen["encoder_end"][n]) for n, p in encoder)
+
+    finetune(str(path), images=images, labels=labels, label_names=NAMES, out=tmp_path / "model", preset="test",
+             device="cpu", steps=12, val_cases=0, progress="none", step_callback=watch)
+    encoder_end = seen["encoder_end"]
+    assert any(n.startswith("encoder.stem.") for n in encoder_end)
+    # every encoder tensor after the frozen phase equals the checkpoint's, bit for bit
+    assert all(torch.equal(tensor, pretrained[name]) for name, tensor in encoder_end.items())
+    # ... while the decoder has trained (steps 2 and 3 of the frozen phase changed it)
+    assert any(not torch.equal(seen["decoder_end"][n], seen["decoder_start"][n]) for n in seen["decoder_end"])
+    # and the encoder trains in the next phase
+    assert seen["full"] and seen["encoder_moved"]
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["backbone"]["format"] == "nnssl" and meta["recipe"]["schedule"]["decoder_warmup_steps"] == 3
+
+
+def test_loss_falls_and_model_folder_round_trips(tmp_path, hippocampus_dir):
+    images, labels = hippocampus_files(hippocampus_dir, 6)
+    losses = []
+    out = finetune("none", images=images, labels=labels, label_names=NAMES, out=tmp_path / "model", preset="test",
+                   device="cpu", steps=40, val_cases=2, progress="none",
+                   step_callback=lambda loss, **_: losses.append(loss))
+    assert len(losses) == 40
+    assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.1
+    assert sorted(os.listdir(out)) == ["model.json", "model.pt"]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporary sibling left
+
+    meta = json.loads(open(os.path.join(out, "model.json")).read())
+    assert meta["labels"][0]["name"] == "Anterior" and len(meta["labels"][1]["color"]) == 3
+    assert meta["recipe"]["steps_run"] == 40 and meta["recipe"]["from_scratch"] is True
+    assert len(meta["training"]["train_cases"]) == 4 and len(meta["training"]["val_cases"]) == 2
+    assert set(meta["validation"]["dice"]) == {"Anterior", "Posterior"}
+    assert meta["versions"]["torch"] and meta["preprocessing"]["normalization"] == "zscore"
+
+    model = load_model(out)
+    state = torch.load(os.path.join(out, "model.pt"), weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in model.network.state_dict().items())
+    packed = pack_model(out, tmp_path / "hippo.sslmodel")
+    again = load_model(packed)
+    assert again.meta == model.meta
+    assert all(torch.equal(a, b) for a, b in zip(again.network.state_dict().values(),
+                                                   model.network.state_dict().values()))
+
+
+def test_cancelled_run_leaves_nothing(tmp_path, hippocampus_dir):
+    images, labels = hippocampus_files(hippocampus_dir, 3)
+
+    def cancel(step, **_):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune("none", images=images, labels=labels, out=tmp_path / "model", preset="test", device="cpu",
+                 steps=10, val_cases=0, progress="none", step_callback=cancel)
+    assert os.listdir(tmp_path) == []
+
+
+# --- bad input is refused before training --------------------------------------------------------------------
+
+@pytest.fixture
+def make_dataset(tmp_path):
+    """A small dataset folder of real hippocampus crops, with one case spoilt by ``spoil(image, label, geometry)``."""
+
+    def make(hippocampus_dir, spoil=None, cases=3, labels_json=None):
+        root = tmp_path / "data"
+        (root / "imagesTr").mkdir(parents=True)
+        (root / "labelsTr").mkdir()
+        images, label_files = hippocampus_files(hippocampus_dir, cases)
+        for index, (image_path, label_path) in enumerate(zip(images, label_files)):
+            image, geometry = read_image(image_path)
+            label, _ = read_image(label_path)
+            label_geometry = geometry
+            if spoil and index == cases - 1:
+                image, label, label_geometry = spoil(image, label, geometry)
+            name = os.path.basename(image_path).replace(".nii.gz", ".nrrd")  # NRRD keeps NaN (ITK's NIfTI does not)
+            write_image(image, geometry, root / "imagesTr" / name)
+            write_image(label, label_geometry, root / "labelsTr" / name)
+        meta = {"channel_names": {"0": "MRI"}, "labels": labels_json or {"background": 0, "Anterior": 1, "Posterior": 2},
+                "file_ending": ".nrrd"}
+        (root / "dataset.json").write_text(json.dumps(meta))
+        return root
+
+    return make
+
+
+def _shifted(image, label, geometry):
+    moved = Geometry(geometry.shape, geometry.spacing, tuple(o + 5 for o in geometry.origin), geometry.direction)
+    return image, label, moved
+
+
+def _unknown_label(image, label, geometry):
+    label = label.copy()
+    label[0, 0, 0] = 7
+    return image, label, geometry
+
+
+def _nan(image, label, geometry):
+    image = image.astype(np.float32)
+    image[2, 3, 4] = np.nan
+    return image, label, geometry
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda i, l, g: (i, l[:-1], Geometry(l[:-1].shape, g.spacing, g.origin, g.direction)), "does not match"),
+    (_shifted, "geometry"),
+    (_unknown_label, r"value\(s\) \[7\]"),
+    (lambda i, l, g: (i, np.zeros_like(l), g), "empty"),
+    (_nan, "NaN"),
+])
+def test_bad_cases_are_refused_before_training(tmp_path, hippocampus_dir, make_dataset, spoil, message):
+    root = make_dataset(hippocampus_dir, spoil)
+    with pytest.raises(UserError, match=message):
+        finetune("none", data=root, out=tmp_path / "model", preset="test", device="cpu", steps=2, progress="none")
+    assert not (tmp_path / "model").exists()
+
+
+def test_wrong_channel_count_unreadable_file_and_too_few_cases(tmp_path, hippocampus_dir, make_dataset):
+    root = make_dataset(hippocampus_dir)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "T1", "1": "T2"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="channel"):
+        finetune("none", data=root, out=tmp_path / "m", preset="test", device="cpu", steps=2, progress="none")
+
+    images, labels = hippocampus_files(hippocampus_dir, 3)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(open(images[0], "rb").read()[:200])
+    with pytest.raises(UserError, match="broken.nii.gz"):
+        finetune("none", images=[broken, *images[1:]], labels=labels, out=tmp_path / "m", preset="test",
+                 device="cpu", steps=2, progress="none")
+    with pytest.raises(UserError, match="too few cases for validation"):
+        finetune("none", images=images, labels=labels, out=tmp_path / "m", preset="test", device="cpu", steps=2,
+                 val_cases=3, progress="none")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an sslseg model"):
+        finetune("none", images=images, labels=labels, out=tmp_path / "other", preset="test", device="cpu",
+                 steps=2, progress="none")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "m").exists()
