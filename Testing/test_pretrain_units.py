@@ -2,6 +2,7 @@
 Fusion samples, the data pre-flight and patch sampling. No training here (see test_pretrain_runs.py)."""
 
 import gzip
+import json
 import hashlib
 import os
 
@@ -219,3 +220,31 @@ def test_patch_must_fit_the_network_stride(tmp_path):
     with pytest.raises(UserError, match="multiple of the network's total stride"):
         sslseg.pretrain("s3d", images=tmp_path, out=tmp_path / "out", arch="ResEncT-test", patch=(18, 16, 16))
     assert not (tmp_path / "out").exists()
+
+
+def test_no_usable_image_is_a_clear_error(tmp_path):
+    import sslseg
+
+    (tmp_path / "images").mkdir()
+    _write(np.zeros((20, 20, 20), np.float32), tmp_path / "images" / "blank.nrrd")
+    with pytest.raises(UserError, match="no usable images"):
+        sslseg.pretrain("s3d", images=tmp_path / "images", out=tmp_path / "out", arch="ResEncT-test", patch=16,
+                        steps=2, device="cpu")
+    report = json.loads((tmp_path / "out" / "preflight.json").read_text())
+    assert report["usable"] == 0 and "empty" in report["skipped"][0]["reason"]
+    assert not (tmp_path / "out" / "checkpoint_final.pth").exists()
+
+
+def test_command_line_for_a_server():
+    from sslseg.pretrain import command_line
+
+    single = command_line("s3d", "/data/my scans", "runs/s3d", steps=1000, patch=160)
+    assert single == ("sslseg pretrain --method s3d --images '/data/my scans' --out runs/s3d --arch ResEncL "
+                      "--steps 1000 --batch 2 --patch 160 --spacing 1")
+    multi = command_line("volf", "/data", "runs/v", processes=8, patch=(64, 128, 128), volf_variant="paper")
+    assert multi.startswith("torchrun --standalone --nproc_per_node 8 -m sslseg pretrain --method volf")
+    assert "--patch 64 128 128" in multi and multi.endswith("--volf-variant paper")
+    from sslseg.cli import build_parser
+
+    parsed = build_parser().parse_args(multi.split(" -m sslseg ")[1].split())
+    assert parsed.method == "volf" and parsed.patch == [64, 128, 128] and parsed.volf_variant == "paper"

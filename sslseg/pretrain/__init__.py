@@ -46,6 +46,40 @@ def pretrain(method: str, images, out, arch: str = "ResEncL", steps: int = 250_0
     return run_pretraining(config, reporter)
 
 
+def command_line(method: str, images, out, arch: str = "ResEncL", steps: int = 250_000, batch: int = 2,
+                 patch=(160, 160, 160), spacing=(1.0, 1.0, 1.0), processes: int = 1, nodes: int = 1,
+                 progress: str = None, register: str = None, **options) -> str:
+    """The equivalent shell command (``torchrun`` when ``processes`` or ``nodes`` > 1), e.g. for the SSLPretrain
+    module's "Run on a server" box. Extra ``options`` become ``--name value`` flags (``True`` -> bare flag)."""
+    import shlex
+
+    patch, spacing = _triple(patch, int), _triple(spacing, float)
+    words = ["--method", method, "--images", str(images), "--out", str(out), "--arch", arch, "--steps", str(steps),
+             "--batch", str(batch), "--patch", *(map(str, patch) if len(set(patch)) > 1 else [str(patch[0])]),
+             "--spacing", *(f"{s:g}" for s in (spacing if len(set(spacing)) > 1 else spacing[:1]))]
+    if progress:
+        words += ["--progress", progress]
+    if register:
+        words += ["--register", register]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        words.append("--" + name.replace("_", "-"))
+        if value is not True:
+            words.append(str(value))
+    if processes > 1 or nodes > 1:
+        head = ["torchrun"]
+        if nodes > 1:
+            head += ["--nnodes", str(nodes), "--node_rank", "NODE_RANK", "--rdzv_backend", "c10d",
+                     "--rdzv_endpoint", "HOST:29500"]
+        else:
+            head += ["--standalone"]
+        head += ["--nproc_per_node", str(processes), "-m", "sslseg", "pretrain"]
+    else:
+        head = ["sslseg", "pretrain"]
+    return " ".join(shlex.quote(w) if w not in ("NODE_RANK", "HOST:29500") else w for w in head + words)
+
+
 def _triple(value, kind):
     if isinstance(value, (int, float, str)):
         value = [value]
