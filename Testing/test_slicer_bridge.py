@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from sslseg.errors import UserError
-from sslseg.imageio import Geometry, read_image, write_image
+from sslseg.imageio import Geometry, read_image
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASE = "hippocampus_006"
