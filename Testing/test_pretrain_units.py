@@ -177,7 +177,7 @@ def test_preflight_skips_and_reports_unusable_images(hippocampus_dir, tmp_path):
     paths = list_images(folder)
     assert len(paths) == 5 and not any(p.endswith(".txt") for p in paths)
     messages = []
-    volumes, skipped = preflight(paths, (1.0, 1.0, 1.0), str(tmp_path / "cache"), log=messages.append)
+    volumes, skipped = preflight(paths, (1.0, 1.0, 1.0), str(tmp_path / "cache"), log=messages.append, workers=2)
     assert [v.path for v in volumes] == [str(good)]
     reasons = {os.path.basename(p): r for p, r in skipped}
     assert set(reasons) == {"truncated.nii.gz", "empty.nrrd", "tiny.mha", "thick.nii.gz"}

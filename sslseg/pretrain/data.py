@@ -163,11 +163,20 @@ def prepare_volume(path: str, spacing, cache_dir: str):
     return Volume(path, cache_file, tuple(array.shape), background), None
 
 
-def preflight(paths, spacing, cache_dir, log=None):
-    """Prepare every image; returns ``(volumes, skipped)`` with ``skipped = [(path, reason)]``."""
+def preflight(paths, spacing, cache_dir, log=None, workers: int = 0):
+    """Prepare every image (in ``workers`` processes when > 1); returns ``(volumes, skipped)`` with
+    ``skipped = [(path, reason)]``, both in the order of ``paths``."""
+    paths = list(paths)
+    if workers > 1 and len(paths) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(paths))) as pool:
+            results = list(pool.map(prepare_volume, paths, [spacing] * len(paths), [cache_dir] * len(paths),
+                                    chunksize=4))
+    else:
+        results = [prepare_volume(path, spacing, cache_dir) for path in paths]
     volumes, skipped = [], []
-    for index, path in enumerate(paths):
-        volume, reason = prepare_volume(path, spacing, cache_dir)
+    for path, (volume, reason) in zip(paths, results):
         if volume is None:
             skipped.append((path, reason))
             if log:
@@ -227,10 +236,13 @@ def sample_patch(array: np.ndarray, patch, rng, background: float = None, augmen
         # A larger region around a random centre, then rotate/scale about its centre onto the patch grid (MONAI).
         import torch
         from monai.transforms import Affine
+        from monai.transforms.utils import create_rotate
 
-        extent = params["scale"] * (math.sqrt(3) if any(params["angles"]) else 1.0)
-        region = [int(math.ceil(p * extent)) + 2 for p in patch]
-        centre = [int(rng.integers(0, d)) if d > p else d // 2 for d, p in zip(array.shape, patch)]
+        # the smallest box that holds the rotated, scaled patch (either orientation of the rotation, to be safe)
+        rotation = np.abs(np.asarray(create_rotate(3, params["angles"]))[:3, :3])
+        reach = np.maximum(rotation @ np.asarray(patch, float), rotation.T @ np.asarray(patch, float))
+        region = [int(math.ceil(r * params["scale"])) + 2 for r in reach]
+        centre = [int(rng.integers(p // 2, d - p // 2 + 1)) if d > p else d // 2 for d, p in zip(array.shape, patch)]
         start = [c - r // 2 for c, r in zip(centre, region)]
         block = crop_with_padding(array, start, region, fill)
         # MONAI's scale_params scale the sampling grid: > 1 samples a larger region, i.e. zooms out

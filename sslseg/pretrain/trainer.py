@@ -209,6 +209,7 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
         reporter = Reporter("none")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
     out = os.path.abspath(config.out)
     latest = os.path.join(out, "checkpoint_latest.pth")
     final = os.path.join(out, "checkpoint_final.pth")
@@ -227,7 +228,8 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
         if len(paths) < dist.world_size:
             raise UserError(f"{len(paths)} images for {dist.world_size} processes: each process needs at least one")
         mine = data_module.shard(paths, dist.rank, dist.world_size)
-        volumes, skipped = data_module.preflight(mine, config.spacing, os.path.join(out, "cache"))
+        workers = config.workers if config.workers >= 0 else (4 if device.type == "cuda" else 0)
+        volumes, skipped = data_module.preflight(mine, config.spacing, os.path.join(out, "cache"), workers=workers)
         gathered = dist.gather({"usable": len(volumes), "skipped": skipped})
         all_skipped = [item for part in gathered for item in part["skipped"]]
         usable = sum(part["usable"] for part in gathered)
@@ -289,7 +291,6 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
 
             train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-        workers = config.workers if config.workers >= 0 else (4 if device.type == "cuda" else 0)
         dataset = PretrainBatches(volumes, config.method, config.patch, config.batch, config.seed, dist.rank,
                                   config.volf_variant)
         loader = torch.utils.data.DataLoader(
