@@ -48,12 +48,14 @@ class ProcessCancelled(RuntimeError):
 
 
 def _insideSlicer():
+    """True in the Slicer application (its Qt bindings and application object exist); False in plain Python and
+    in the headless test harness (slicer-core has a ``slicer.app`` stand-in there, but no Qt)."""
     try:
+        import qt
         import slicer
-
-        return getattr(slicer, "app", None) is not None
     except ImportError:
         return False
+    return getattr(slicer, "app", None) is not None and qt.QCoreApplication.instance() is not None
 
 
 def pythonExecutable():

@@ -1,0 +1,514 @@
+"""The module panel: Qt wiring only. Every action calls ``SSLSegmentationLogic`` (the same calls work in the Python
+console); long work runs in a background process polled by a timer, so Slicer stays responsive.
+
+Runs inside Slicer only (Qt, CTK and MRML widgets). The widget names used here exist in
+``Resources/UI/SSLSegmentation.ui`` (checked by the tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import qt
+import slicer
+from slicer.util import VTKObservationMixin
+
+from sslseg.errors import UserError
+
+from .installLogic import InstallError, InstallLogic
+from .modelStore import checkModelName
+from .parameters import SSLSegmentationParameterNode
+from .processRunner import ProcessFailed
+from .progressChart import ProgressChart
+from .segmentationLogic import SSLSegmentationLogic
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # Slicer < 5.4
+    def _(text):
+        return text
+
+SCRATCH = "none"
+PHASES = {"decoder_warmup": _("decoder warm-up (encoder frozen)"), "full_warmup": _("whole-network warm-up"),
+          "poly": _("training"), "train": _("training"), "predict": _("segmenting"), "download": _("downloading")}
+
+
+def _formatSeconds(seconds):
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class SSLSegmentationWidgetImpl(VTKObservationMixin):
+    """Created by ``SSLSegmentationWidget.setup`` (the module file) with the scripted module widget."""
+
+    def __init__(self, moduleWidget):
+        VTKObservationMixin.__init__(self)
+        self.moduleWidget = moduleWidget
+        self.logic = SSLSegmentationLogic()
+        self.installLogic = InstallLogic.forEngine("SSLSegmentation")
+        self.parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.chart = None
+        self.job = None
+
+        uiWidget = slicer.util.loadUI(moduleWidget.resourcePath("UI/SSLSegmentation.ui"))
+        moduleWidget.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        for table in (self.ui.backboneTable, self.ui.trainingPairsTable):
+            table.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+            table.verticalHeader().hide()
+        self.ui.backboneProgressBar.hide()
+
+        self.ui.backboneTable.itemSelectionChanged.connect(self.onBackboneSelected)
+        self.ui.downloadBackboneButton.clicked.connect(self.onDownloadBackbone)
+        self.ui.importBackboneButton.clicked.connect(self.onImportBackbone)
+        self.ui.refreshBackbonesButton.clicked.connect(self.refreshBackbones)
+        self.ui.addPairButton.clicked.connect(self.onAddPair)
+        self.ui.removePairButton.clicked.connect(self.onRemovePair)
+        self.ui.segmentsListWidget.itemChanged.connect(self.onSegmentChecked)
+        self.ui.presetComboBox.currentTextChanged.connect(lambda text: self._setParameter("preset", text))
+        self.ui.deviceComboBox.currentTextChanged.connect(self.onDeviceChanged)
+        self.ui.finetuneButton.clicked.connect(self.onFinetuneOrCancel)
+        self.ui.showChartButton.clicked.connect(self.showChart)
+        self.ui.modelsListWidget.itemSelectionChanged.connect(self.onModelSelected)
+        self.ui.renameModelButton.clicked.connect(self.onRenameModel)
+        self.ui.deleteModelButton.clicked.connect(self.onDeleteModel)
+        self.ui.exportModelButton.clicked.connect(self.onExportModel)
+        self.ui.importModelButton.clicked.connect(self.onImportModel)
+        self.ui.modelComboBox.currentTextChanged.connect(lambda text: self._setParameter("model", text))
+        self.ui.segmentButton.clicked.connect(self.onSegmentOrCancel)
+        self.ui.addCorrectedCaseButton.clicked.connect(self.onAddCorrectedCase)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.refreshBackbones()
+        self.refreshModels()
+        self.updateDeviceNote()
+        self.updateButtons()
+
+    # -- parameter node --
+
+    def cleanup(self):
+        if self.job is not None and self.job.status == "running":
+            self.job.cancel()
+        self.removeObservers()
+        self._disconnectParameterNode()
+
+    def enter(self):
+        self.initializeParameterNode()
+        self.refreshModels()
+
+    def exit(self):
+        self._disconnectParameterNode()
+
+    def onSceneStartClose(self, caller, event):
+        self._disconnectParameterNode()
+        self.chart = None
+
+    def onSceneEndClose(self, caller, event):
+        if self.moduleWidget.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def _disconnectParameterNode(self):
+        if self.parameterNode is not None and self._parameterNodeGuiTag is not None:
+            self.parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def setParameterNode(self, parameterNode: SSLSegmentationParameterNode):
+        self._disconnectParameterNode()
+        self.parameterNode = parameterNode
+        if parameterNode is None:
+            return
+        self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+        self.ui.presetComboBox.setCurrentText(parameterNode.preset)
+        self.ui.deviceComboBox.setCurrentText(parameterNode.device)
+        self.refreshPairs()
+
+    def _setParameter(self, name, value):
+        if self.parameterNode is not None and getattr(self.parameterNode, name) != value:
+            setattr(self.parameterNode, name, value)
+
+    # -- backbones --
+
+    def refreshBackbones(self):
+        table = self.ui.backboneTable
+        try:
+            backbones = self.logic.listBackbones()
+        except Exception as error:  # the engine's packages may not be installed yet
+            logging.warning("SSLSegmentation: cannot list backbones: %s", error)
+            backbones = []
+            self.ui.backboneInfoLabel.setText(_("Backbones are listed once the Python packages are installed."))
+        rows = [{"name": SCRATCH, "title": _("no backbone: train from scratch"), "cached": True}] + backbones
+        table.setRowCount(len(rows))
+        for row, entry in enumerate(rows):
+            if entry["name"] == SCRATCH:
+                status, size = "-", "-"
+            elif entry.get("cached"):
+                status = _("cached")
+                path = entry.get("path")
+                size = f"{os.path.getsize(path) / 1e6:.0f} MB" if path and os.path.isfile(path) else "-"
+            else:
+                status = _("manual download") if entry.get("download") == "manual" else _("not downloaded")
+                size = "-"
+            if entry.get("supported") is False:
+                status += " " + _("(not supported yet)")
+            cells = [entry["name"], status, size, entry.get("license") or "-", entry.get("modality") or "-"]
+            for column, text in enumerate(cells):
+                item = qt.QTableWidgetItem(str(text))
+                item.setToolTip(entry.get("title") or entry["name"])
+                item.setData(qt.Qt.UserRole, entry)
+                table.setItem(row, column, item)
+        current = self.parameterNode.backbone if self.parameterNode else SCRATCH
+        for row, entry in enumerate(rows):
+            if entry["name"] == current:
+                table.selectRow(row)
+
+    def selectedBackbone(self):
+        items = self.ui.backboneTable.selectedItems()
+        return items[0].data(qt.Qt.UserRole) if items else None
+
+    def onBackboneSelected(self):
+        entry = self.selectedBackbone()
+        if entry is None:
+            return
+        self._setParameter("backbone", entry["name"])
+        self.ui.downloadBackboneButton.enabled = entry["name"] != SCRATCH and not entry.get("cached")
+        plan = entry.get("input") or {}
+        details = [entry.get("title") or "", entry.get("method") and _("method: ") + str(entry["method"]),
+                   plan.get("spacing") and _("spacing: ") + str(plan["spacing"]) + " mm",
+                   entry.get("pretraining_data") and _("pretrained on: ") + str(entry["pretraining_data"])]
+        self.ui.backboneInfoLabel.setText("; ".join(d for d in details if d))
+
+    def onDownloadBackbone(self):
+        entry = self.selectedBackbone()
+        if not entry or entry["name"] == SCRATCH or not self._ensureDependencies():
+            return
+        if entry.get("download") == "manual":
+            slicer.util.infoDisplay(_("This backbone cannot be downloaded automatically. Download the file from "
+                                      "{url} and use 'Import file...'.").format(url=entry.get("homepage")))
+            return
+        self.ui.backboneProgressBar.show()
+        self.ui.backboneProgressBar.setValue(0)
+
+        def onEvent(event):
+            if event.get("event") == "progress" and event.get("total"):
+                self.ui.backboneProgressBar.setValue(int(100 * event["step"] / event["total"]))
+
+        def onFinished(job):
+            self.ui.backboneProgressBar.hide()
+            self._jobFinished(job, _("Download"))
+            self.refreshBackbones()
+
+        self._startJob(lambda: self.logic.downloadBackbone(entry["name"], onEvent=onEvent, onLog=self.appendLog,
+                                                          onFinished=onFinished))
+
+    def onImportBackbone(self):
+        path = qt.QFileDialog.getOpenFileName(self.moduleWidget.parent, _("Import a backbone checkpoint"), "",
+                                              _("Checkpoints (*.pth *.pt *.ckpt);;All files (*)"))
+        if not path or not self._ensureDependencies():
+            return
+
+        def onFinished(job):
+            self._jobFinished(job, _("Import"))
+            self.refreshBackbones()
+
+        self._startJob(lambda: self.logic.importBackbone(path, onLog=self.appendLog, onFinished=onFinished))
+
+    # -- training pairs --
+
+    def _pairs(self):
+        if self.parameterNode is None:
+            return []
+        return list(zip(self.parameterNode.trainingVolumes, self.parameterNode.trainingSegmentations))
+
+    def _setPairs(self, pairs):
+        self.parameterNode.trainingVolumes = [volume for volume, _ in pairs]
+        self.parameterNode.trainingSegmentations = [segmentation for _, segmentation in pairs]
+        self.refreshPairs()
+
+    def onAddPair(self):
+        volume = self.ui.trainingVolumeSelector.currentNode()
+        segmentation = self.ui.trainingSegmentationSelector.currentNode()
+        if volume is None or segmentation is None:
+            slicer.util.warningDisplay(_("Choose a volume and its segmentation."))
+            return
+        pairs = self._pairs()
+        if not any(v is volume and s is segmentation for v, s in pairs):
+            self._setPairs(pairs + [(volume, segmentation)])
+
+    def onRemovePair(self):
+        rows = {index.row() for index in self.ui.trainingPairsTable.selectionModel().selectedRows()}
+        self._setPairs([pair for row, pair in enumerate(self._pairs()) if row not in rows])
+
+    def refreshPairs(self):
+        pairs = [(v, s) for v, s in self._pairs() if v is not None and s is not None]
+        table = self.ui.trainingPairsTable
+        table.setRowCount(len(pairs))
+        names = []
+        for row, (volume, segmentation) in enumerate(pairs):
+            table.setItem(row, 0, qt.QTableWidgetItem(volume.GetName()))
+            table.setItem(row, 1, qt.QTableWidgetItem(segmentation.GetName()))
+            seg = segmentation.GetSegmentation()
+            for i in range(seg.GetNumberOfSegments()):
+                if seg.GetNthSegment(i).GetName() not in names:
+                    names.append(seg.GetNthSegment(i).GetName())
+        chosen = self._chosenSegmentNames()
+        listWidget = self.ui.segmentsListWidget
+        wasBlocked = listWidget.blockSignals(True)
+        listWidget.clear()
+        for name in names:
+            present = sum(1 for _, s in pairs if s.GetSegmentation().GetSegmentIdBySegmentName(name))
+            item = qt.QListWidgetItem(name if present == len(pairs) else
+                                      _("{name} (missing in {count} pair(s))").format(name=name,
+                                                                                      count=len(pairs) - present))
+            item.setData(qt.Qt.UserRole, name)
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Checked if (not chosen and present == len(pairs)) or name in chosen
+                               else qt.Qt.Unchecked)
+            listWidget.addItem(item)
+        listWidget.blockSignals(wasBlocked)
+        self.updateButtons()
+
+    def _chosenSegmentNames(self):
+        text = self.parameterNode.segmentNames if self.parameterNode else ""
+        return [name for name in text.split(",") if name]
+
+    def onSegmentChecked(self, item=None):
+        listWidget = self.ui.segmentsListWidget
+        names = [listWidget.item(i).data(qt.Qt.UserRole) for i in range(listWidget.count)
+                 if listWidget.item(i).checkState() == qt.Qt.Checked]
+        self._setParameter("segmentNames", ",".join(names))
+
+    # -- fine-tuning --
+
+    def updateDeviceNote(self):
+        note = _("torch is installed at first use (through the PyTorch extension).")
+        if self.installLogic.torchMissing() is False:
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    note = _("GPU: {name}").format(name=torch.cuda.get_device_name(0))
+                else:
+                    note = _("No CUDA GPU visible to PyTorch: training runs on the CPU and is slow. Use the 'cpu' "
+                             "preset (a small network), or install a CUDA build of torch with the PyTorch extension.")
+                    if self.ui.presetComboBox.currentText in ("quick", "standard", "paper"):
+                        self.ui.presetComboBox.setCurrentText("cpu")
+            except ImportError:
+                pass
+        self.ui.deviceNoteLabel.setText(note)
+
+    def onDeviceChanged(self, text):
+        self._setParameter("device", text)
+
+    def _ensureDependencies(self):
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Installing Python packages failed."), waitCursor=True):
+                if not self.installLogic.ensure():
+                    return False
+        except (InstallError, RuntimeError):
+            return False
+        self.updateDeviceNote()
+        return True
+
+    def _startJob(self, start):
+        try:
+            self.job = start()
+        except (UserError, ProcessFailed) as error:
+            slicer.util.errorDisplay(str(error))
+            self.job = None
+        self.updateButtons()
+        return self.job
+
+    def _jobFinished(self, job, what):
+        self.job = None
+        self.updateButtons()
+        if job.status == "failed":
+            slicer.util.errorDisplay(_("{what} failed: {message}").format(what=what, message=job.errorMessage))
+        elif job.status == "cancelled":
+            self.ui.statusLabel.setText(_("Cancelled: nothing was changed."))
+
+    def updateButtons(self):
+        running = self.job is not None and self.job.status == "running"
+        kind = self.job.kind if running else None
+        self.ui.finetuneButton.text = _("Cancel") if kind == "fine-tuning" else _("Fine-tune")
+        self.ui.segmentButton.text = _("Cancel") if kind == "segmentation" else _("Segment")
+        self.ui.finetuneButton.enabled = kind in (None, "fine-tuning") and bool(self._pairs())
+        self.ui.segmentButton.enabled = kind in (None, "segmentation")
+        for button in (self.ui.downloadBackboneButton, self.ui.importBackboneButton, self.ui.deleteModelButton,
+                       self.ui.renameModelButton, self.ui.importModelButton, self.ui.addCorrectedCaseButton):
+            button.enabled = not running if button is not self.ui.downloadBackboneButton else \
+                (not running and button.enabled)
+
+    def appendLog(self, text):
+        self.ui.logTextEdit.appendPlainText(text)
+
+    def onProgressEvent(self, event):
+        kind = event.get("event")
+        if kind == "start":
+            self.ui.progressBar.setValue(0)
+            self.appendLog(_("Running on {device}. {note}").format(device=event.get("device"),
+                                                                   note=event.get("note", "")))
+        elif kind == "progress" and event.get("total"):
+            self.ui.progressBar.setValue(int(100 * event["step"] / event["total"]))
+            loss = event.get("loss")
+            self.ui.statusLabel.setText(
+                _("{phase}: step {step}/{total}{loss}, {eta} left").format(
+                    phase=PHASES.get(event.get("phase"), event.get("phase")), step=event["step"],
+                    total=event["total"], loss=f", loss {loss:.3f}" if isinstance(loss, float) else "",
+                    eta=_formatSeconds(event.get("eta"))))
+        elif kind == "validation":
+            dice = ", ".join(f"{name} {value:.3f}" for name, value in (event.get("dice") or {}).items())
+            self.appendLog(_("Validation Dice at step {step}: {dice}").format(step=event.get("step"), dice=dice))
+        if self.chart is not None:
+            self.chart.addEvent(event)
+
+    def onFinetuneOrCancel(self):
+        if self.job is not None and self.job.status == "running":
+            self.job.cancel()
+            return
+        if not self._ensureDependencies():
+            return
+        p = self.parameterNode
+        backbone = None if p.backbone in ("", SCRATCH) else p.backbone
+        initialModel = p.model if p.continueFromModel and p.model else None
+        if self.chart is not None:
+            self.chart.removeNodes()
+        self.chart = ProgressChart(slicer.mrmlScene, _("Fine-tuning"))
+        self.ui.logTextEdit.clear()
+
+        def onFinished(job):
+            self._jobFinished(job, _("Fine-tuning"))
+            if job.status == "succeeded":
+                self.ui.statusLabel.setText(_("Model saved: {path}").format(path=job.result))
+                self.refreshModels(select=os.path.basename(job.result))
+
+        self._startJob(lambda: self.logic.finetune(
+            backbone, self._pairs(), segmentNames=self._chosenSegmentNames() or None, preset=p.preset,
+            device=p.device, validationShare=None if p.validationPercent < 0 else p.validationPercent / 100.0,
+            initialModel=initialModel, modelName=p.modelName or None, onEvent=self.onProgressEvent,
+            onLog=self.appendLog, onFinished=onFinished))
+        if self.job is not None:
+            self.showChart()
+
+    def showChart(self):
+        if self.chart is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(self.chart.chartNode)
+
+    # -- models --
+
+    def refreshModels(self, select=None):
+        models = self.logic.modelStore.listModels()
+        listWidget, combo = self.ui.modelsListWidget, self.ui.modelComboBox
+        current = select or (self.parameterNode.model if self.parameterNode else "")
+        listWidget.clear()
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for model in models:
+            dice = f", Dice {model['mean_dice']:.2f}" if isinstance(model.get("mean_dice"), float) else ""
+            segments = ", ".join(label["name"] for label in model["labels"])
+            item = qt.QListWidgetItem(f"{model['name']}  ({segments}; {model['backbone']}{dice})")
+            item.setData(qt.Qt.UserRole, model["name"])
+            item.setToolTip(model["path"])
+            listWidget.addItem(item)
+            combo.addItem(model["name"])
+        combo.blockSignals(wasBlocked)
+        if current in [m["name"] for m in models]:
+            combo.setCurrentText(current)
+        self._setParameter("model", combo.currentText)
+        self.ui.modelsFolderLabel.setText(_("Models folder: {folder}").format(folder=self.logic.modelStore.folder))
+
+    def selectedModel(self):
+        items = self.ui.modelsListWidget.selectedItems()
+        return items[0].data(qt.Qt.UserRole) if items else None
+
+    def onModelSelected(self):
+        name = self.selectedModel()
+        if name:
+            self.ui.modelComboBox.setCurrentText(name)
+
+    def onRenameModel(self):
+        name = self.selectedModel()
+        if not name:
+            return
+        newName = qt.QInputDialog.getText(self.moduleWidget.parent, _("Rename model"), _("New name:"),
+                                          qt.QLineEdit.Normal, name)
+        if newName and newName != name:
+            with slicer.util.tryWithErrorDisplay(_("Renaming failed.")):
+                self.logic.modelStore.renameModel(name, checkModelName(newName))
+            self.refreshModels(select=newName)
+
+    def onDeleteModel(self):
+        name = self.selectedModel()
+        if name and slicer.util.confirmYesNoDisplay(_("Delete model '{name}' from the models folder?").format(
+                name=name)):
+            with slicer.util.tryWithErrorDisplay(_("Deleting failed.")):
+                self.logic.modelStore.deleteModel(name)
+            self.refreshModels()
+
+    def onExportModel(self):
+        name = self.selectedModel()
+        if not name:
+            return
+        path = qt.QFileDialog.getSaveFileName(self.moduleWidget.parent, _("Export model"), name + ".sslmodel",
+                                              _("sslseg models (*.sslmodel)"))
+        if path and self._ensureDependencies():
+            with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+                written = self.logic.modelStore.exportModel(name, path)
+                self.appendLog(_("Model exported to {path}").format(path=written))
+
+    def onImportModel(self):
+        path = qt.QFileDialog.getOpenFileName(self.moduleWidget.parent, _("Import model"), "",
+                                              _("sslseg models (*.sslmodel)"))
+        if path and self._ensureDependencies():
+            with slicer.util.tryWithErrorDisplay(_("Import failed."), waitCursor=True):
+                added = self.logic.modelStore.importModel(path)
+                self.refreshModels(select=os.path.basename(added))
+
+    # -- segmentation --
+
+    def onSegmentOrCancel(self):
+        if self.job is not None and self.job.status == "running":
+            self.job.cancel()
+            return
+        p = self.parameterNode
+        if p.inputVolume is None or not p.model:
+            slicer.util.warningDisplay(_("Choose an input volume and a model."))
+            return
+        if not self._ensureDependencies():
+            return
+
+        def onFinished(job):
+            self._jobFinished(job, _("Segmentation"))
+            if job.status == "succeeded":
+                p.outputSegmentation = job.result
+                slicer.util.setSliceViewerLayers(background=p.inputVolume)
+                self.ui.statusLabel.setText(_("Created {name}: edit it in Segment Editor, then 'Add corrected case "
+                                              "to training'.").format(name=job.result.GetName()))
+
+        self._startJob(lambda: self.logic.segment(p.model, p.inputVolume, tta=p.tta, device=p.device,
+                                                  onEvent=self.onProgressEvent, onLog=self.appendLog,
+                                                  onFinished=onFinished))
+
+    def onAddCorrectedCase(self):
+        p = self.parameterNode
+        if p.inputVolume is None or p.outputSegmentation is None:
+            slicer.util.warningDisplay(_("Segment a volume first (its result is the case to correct and add)."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Adding the case failed.")):
+            self.logic.addCorrectedCase(p.inputVolume, p.outputSegmentation)
+            pairs = self._pairs()
+            if not any(v is p.inputVolume and s is p.outputSegmentation for v, s in pairs):
+                self._setPairs(pairs + [(p.inputVolume, p.outputSegmentation)])
+            p.continueFromModel = True
+            self.ui.statusLabel.setText(_("Added. Fine-tune again to continue from model '{model}'.").format(
+                model=p.model))

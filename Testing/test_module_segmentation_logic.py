@@ -1,0 +1,213 @@
+"""SSLSegmentationLogic on real Slicer-core nodes, through the REAL background process (python -m sslseg) on CPU:
+fine-tune on hippocampus cases from the scene, segment a held-out case into a new segmentation node, cancel a run.
+
+Budget: the tiny ``test`` preset (ResEncT-test) and few steps; the whole file takes about a minute on 2 cores.
+"""
+
+import hashlib
+import os
+import time
+
+import numpy as np
+import pytest
+
+from sslseg.errors import UserError
+
+TRAIN_CASES = ["hippocampus_006", "hippocampus_007", "hippocampus_011", "hippocampus_014", "hippocampus_036"]
+TEST_CASE = "hippocampus_039"
+LABELS = [{"value": 1, "name": "Anterior", "color": [0.9, 0.2, 0.1]},
+          {"value": 2, "name": "Posterior", "color": [0.1, 0.4, 0.9]}]
+STEPS = 60
+PATCH = [32, 48, 32]  # about the whole hippocampus crop: learns far faster per step than the preset's tiny patch
+
+
+def _loadPair(hippocampus_dir, case, labels=LABELS):
+    import slicer
+
+    from sslseg.imageio import read_image
+    from SSLSegmentationLib import nodeBridge
+
+    volume = slicer.util.loadVolume(os.path.join(hippocampus_dir, "imagesTr", f"{case}.nii.gz"))
+    labelArray, _ = read_image(os.path.join(hippocampus_dir, "labelsTr", f"{case}.nii.gz"))
+    segmentation = nodeBridge.labelArrayToSegmentationNode(labelArray.astype(np.uint8), labels, volume,
+                                                           f"{case} reference")
+    return volume, segmentation, labelArray
+
+
+def _sceneState(scene):
+    """Node IDs, names and the content of every volume and segmentation (what 'the scene is unchanged' means)."""
+    import slicer
+
+    state = {}
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        if node.IsA("vtkMRMLSubjectHierarchyNode"):
+            continue  # created lazily by the first subject-hierarchy query
+        digest = hashlib.sha1()
+        if node.IsA("vtkMRMLScalarVolumeNode") and node.GetImageData() is not None:
+            digest.update(np.ascontiguousarray(slicer.util.arrayFromVolume(node)).tobytes())
+            matrix = slicer.util.vtkMatrixFromArray(np.eye(4))
+            node.GetIJKToRASMatrix(matrix)
+            digest.update(slicer.util.arrayFromVTKMatrix(matrix).tobytes())
+        if node.IsA("vtkMRMLSegmentationNode"):
+            segmentation = node.GetSegmentation()
+            for i in range(segmentation.GetNumberOfSegments()):
+                segmentID = segmentation.GetNthSegmentID(i)
+                segment = segmentation.GetSegment(segmentID)
+                digest.update(f"{segmentID}|{segment.GetName()}|{segment.GetColor()}".encode())
+                digest.update(np.ascontiguousarray(slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentID))
+                              .tobytes())
+        state[node.GetID()] = (node.GetClassName(), node.GetName(), digest.hexdigest())
+    return state
+
+
+def _dice(a, b):
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def _descendants(pid):
+    """PIDs of ``pid``'s children, grandchildren, ... (from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stream:
+                    parent = int(stream.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def logic(tmp_path):
+    from SSLSegmentationLib.segmentationLogic import SSLSegmentationLogic
+
+    return SSLSegmentationLogic(modelsFolder=str(tmp_path / "models"))
+
+
+def test_finetune_then_segment_through_the_background_process(slicer_scene, hippocampus_dir, logic):
+    import slicer
+
+    from SSLSegmentationLib import nodeBridge
+
+    pairs = [_loadPair(hippocampus_dir, case)[:2] for case in TRAIN_CASES]
+    testVolume, _, reference = _loadPair(hippocampus_dir, TEST_CASE)
+    slicer_scene.RemoveNode(slicer_scene.GetFirstNodeByName(f"{TEST_CASE} reference"))
+    before = _sceneState(slicer_scene)
+
+    events = []
+    model = logic.finetune(backbone=None, trainingPairs=pairs, preset="test", device="cpu", steps=STEPS,
+                           patchSize=PATCH, validationShare=0.2, waitForCompletion=True, onEvent=events.append)
+    # the model is in the models folder under a generated name, with the scene's segment names and colours
+    assert os.path.dirname(model) == logic.modelStore.folder
+    assert [m["path"] for m in logic.modelStore.listModels()] == [model]
+    labels = logic.modelLabels(model)
+    assert [(l["value"], l["name"]) for l in labels] == [(1, "Anterior"), (2, "Posterior")]
+    assert np.allclose([l["color"] for l in labels], [l["color"] for l in LABELS], atol=1e-3)
+    kinds = [e["event"] for e in events]
+    assert "start" in kinds and kinds[-1] == "done" and "validation" in kinds
+    steps = [e["step"] for e in events if e["event"] == "progress"]  # the engine reports at most every 0.5 s
+    assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == STEPS
+    assert _sceneState(slicer_scene) == before, "fine-tuning changed the scene"
+    assert not [f for f in os.listdir(slicer.app.temporaryPath) if f.startswith("SSLSegmentation-")]
+
+    result = logic.segment(model, testVolume, device="cpu", waitForCompletion=True)
+    # a new node; the inputs are untouched
+    assert result.IsA("vtkMRMLSegmentationNode") and result.GetID() not in before
+    after = _sceneState(slicer_scene)
+    assert {k: v for k, v in after.items() if k in before} == before
+    segmentation = result.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == ["Anterior", "Posterior"]
+    assert np.allclose(segmentation.GetNthSegment(0).GetColor(), LABELS[0]["color"], atol=1e-3)
+    # on the input's geometry
+    geometry = nodeBridge.volumeGeometry(testVolume)
+    predicted, predictedLabels = nodeBridge.segmentationToLabelArray(result, testVolume, ["Anterior", "Posterior"])
+    assert predicted.shape == tuple(geometry.shape) == reference.shape
+    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    probe = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    probe.SetReferenceImageGeometryParameterFromVolumeNode(testVolume)
+    expected = probe.GetSegmentation().GetConversionParameter(parameter)
+    slicer_scene.RemoveNode(probe)
+    assert expected and result.GetSegmentation().GetConversionParameter(parameter) == expected
+    assert predictedLabels == [{"value": 1, "name": "Anterior", "color": predictedLabels[0]["color"]},
+                               {"value": 2, "name": "Posterior", "color": predictedLabels[1]["color"]}]
+    # sensible Dice on the held-out case: far above chance (the structure is ~1 % of the voxels), a broken
+    # pipeline (wrong axes, wrong labels, empty result) scores near 0
+    foreground = _dice(predicted > 0, reference > 0)
+    perLabel = [_dice(predicted == v, reference == v) for v in (1, 2)]
+    chance = _dice(np.random.default_rng(0).random(reference.shape) < (reference > 0).mean(), reference > 0)
+    print(f"held-out Dice: foreground {foreground:.3f}, per label {perLabel}, chance {chance:.3f}")
+    assert foreground > 0.5 and min(perLabel) > 0.25 and chance < 0.05
+
+
+def test_cancel_kills_the_process_tree_and_changes_nothing(slicer_scene, hippocampus_dir, logic):
+    import slicer
+
+    pairs = [_loadPair(hippocampus_dir, case)[:2] for case in TRAIN_CASES[:3]]
+    before = _sceneState(slicer_scene)
+    finished = []
+    job = logic.finetune(backbone=None, trainingPairs=pairs, preset="test", device="cpu", steps=100000,
+                         validationShare=0.0, onFinished=finished.append)
+    assert job.status == "running" and os.path.isdir(job.workFolder)
+    deadline = time.monotonic() + 180
+    while not any(e.get("event") == "progress" and e.get("step", 0) >= 2 for e in job.events):
+        assert job.poll(), f"the run ended early: {job.runner.errorMessage}"
+        assert time.monotonic() < deadline, "no training progress within 180 s"
+        time.sleep(0.1)
+    pids = [job.runner.pid] + _descendants(job.runner.pid)
+    assert all(_alive(pid) for pid in pids[:1])
+
+    logic.cancel()
+    while job.poll():
+        time.sleep(0.05)
+    assert job.status == "cancelled" and finished == [job]
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if _alive(pid)], "processes of the cancelled run survived"
+    assert logic.modelStore.listModels() == []
+    assert not os.path.exists(logic.modelStore.folder) or not os.listdir(logic.modelStore.folder)
+    assert not os.path.exists(job.workFolder)
+    assert _sceneState(slicer_scene) == before
+    with pytest.raises(Exception, match="cancelled"):
+        job.waitForCompletion()
+
+
+def test_missing_segment_is_refused_before_any_work(slicer_scene, hippocampus_dir, logic):
+    good = _loadPair(hippocampus_dir, TRAIN_CASES[0])[:2]
+    partial = _loadPair(hippocampus_dir, TRAIN_CASES[1], labels=[{"value": 1, "name": "Anterior"},
+                                                                  {"value": 2, "name": "Tail"}])[:2]
+    before = _sceneState(slicer_scene)
+    with pytest.raises(UserError, match=r"training pair 2 .*'Posterior'"):
+        logic.finetune(backbone=None, trainingPairs=[good, partial], preset="test", device="cpu")
+    # choosing only the common segment works up to the checks (no process started: bad preset stops it)
+    with pytest.raises(UserError, match="unknown preset"):
+        logic.finetune(backbone=None, trainingPairs=[good, partial], segmentNames=["Anterior"], preset="fast")
+    with pytest.raises(UserError, match="no training data"):
+        logic.finetune(backbone=None, trainingPairs=[], preset="test")
+    assert logic.currentJob is None
+    assert _sceneState(slicer_scene) == before
+
+
+def test_add_corrected_case(slicer_scene, hippocampus_dir, logic):
+    volume, segmentation, _ = _loadPair(hippocampus_dir, TRAIN_CASES[0])
+    assert logic.addCorrectedCase(volume, segmentation) == [(volume, segmentation)]
+    assert logic.addCorrectedCase(volume, segmentation) == [(volume, segmentation)]  # once
+    with pytest.raises(UserError, match="not a segmentation"):
+        logic.addCorrectedCase(volume, volume)
