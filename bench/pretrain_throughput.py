@@ -116,8 +116,14 @@ def main():
     parser.add_argument("--no-ddp", action="store_true", help="skip the 1 -> 2 process DDP scaling runs")
     parser.add_argument("--ddp-arch", default="ResEncS-cpu")
     parser.add_argument("--ddp-method", default="s3d")
+    parser.add_argument("--threads", type=int, help="torch threads of the single-process runs (default: torch's); "
+                        "1 is steadier on a machine shared with other jobs")
     parser.add_argument("--json-out")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     print("machine:", machine())
     print("command: python bench/pretrain_throughput.py " + " ".join(sys.argv[1:]))
