@@ -162,6 +162,7 @@ class ModelStore:
         filePath = os.fspath(filePath)
         if not filePath.lower().endswith(PACKED_SUFFIX):
             filePath += PACKED_SUFFIX
+        os.makedirs(os.path.dirname(os.path.abspath(filePath)), exist_ok=True)
         return pack_model(self._existing(name), filePath)
 
     def importModel(self, filePath, name=None):

@@ -177,7 +177,8 @@ class SSLSegmentationLogic(_LogicBase):
         ``segmentNames``: the segments to learn, matched by name in every pair (default: all segments of the first
         pair); value i+1 is ``segmentNames[i]``. ``validationShare``: share of the pairs held out for validation
         (None: the engine's default, none below 5 cases). ``initialModel``: continue training from this model
-        (name or path). ``modality``: "CT" (HU windowing), "MR" (z-score) or "auto" (CT when the first volume
+        (name or path) instead of ``backbone``: its trained encoder is the starting point and the recipe's warm-ups
+        run again. ``modality``: "CT" (HU windowing), "MR" (z-score) or "auto" (CT when the first volume
         holds air-like values below -900). ``steps``, ``timeLimit`` (s), ``seed``, ``patchSize`` [z, y, x],
         ``batchSize``, ``maxLr`` override the preset like the CLI options of ``sslseg finetune``.
 
@@ -190,9 +191,6 @@ class SSLSegmentationLogic(_LogicBase):
         if device not in DEVICES and not str(device).startswith("cuda:"):
             raise UserError(f"unknown device {device!r}; choose auto, cuda or cpu")
         initialModelPath = self.resolveModel(initialModel) if initialModel else None
-        if initialModelPath and not self._engineSupports("finetune", "--init-model"):
-            raise UserError("continuing from a model needs an engine with `sslseg finetune --init-model` (not in "
-                            "this version of sslseg); fine-tune from the backbone instead")
         modelName = self.modelStore.uniqueName(modelName or self._defaultModelName(segmentNames, backbone))
 
         work = _temporaryFolder("SSLSegmentation-finetune-")
@@ -220,7 +218,10 @@ class SSLSegmentationLogic(_LogicBase):
             if maxLr:
                 args += ["--max-lr", str(float(maxLr))]
             if initialModelPath:
-                args += ["--init-model", initialModelPath]
+                if self._engineSupports("finetune", "--init-model"):
+                    args += ["--init-model", initialModelPath]
+                else:
+                    args[args.index("--backbone") + 1] = self._modelAsBackbone(initialModelPath, work)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -234,6 +235,49 @@ class SSLSegmentationLogic(_LogicBase):
         job = Job("fine-tuning", args, workFolder=work, complete=complete, onEvent=onEvent, onLog=onLog,
                   onFinished=onFinished)
         return self._run(job, waitForCompletion)
+
+    @staticmethod
+    def _modelAsBackbone(modelPath, work):
+        """A fine-tuned model as a backbone checkpoint the engine loads (its ``model.pt`` state_dict with an
+        ``adaptation_plan.json`` beside it, built from ``model.json``): the next run starts from the model's
+        trained encoder and repeats the recipe's warm-ups (decoder first, encoder frozen)."""
+        folder = os.path.join(work, "initial-model")
+        os.makedirs(folder)
+        # the file name becomes the backbone's name in the new model's provenance
+        base = os.path.basename(modelPath.rstrip("/\\"))
+        base = base[: -len(".sslmodel")] if base.lower().endswith(".sslmodel") else base
+        safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in base).strip("-.") or "model"
+        weights = os.path.join(folder, safe + ".pt")
+        if os.path.isdir(modelPath):
+            with open(os.path.join(modelPath, "model.json"), encoding="utf-8") as stream:
+                meta = json.load(stream)
+            shutil.copyfile(os.path.join(modelPath, "model.pt"), weights)
+        else:
+            with zipfile.ZipFile(modelPath) as archive:
+                meta = json.loads(archive.read("model.json").decode("utf-8"))
+                with archive.open("model.pt") as source, open(weights, "wb") as target:
+                    shutil.copyfileobj(source, target)
+        network = meta.get("network") or {}
+        if network.get("family", "ResEnc") != "ResEnc":
+            raise UserError(f"continuing from a {network.get('family')} model is not supported; fine-tune from its "
+                            "backbone instead")
+        preprocessing = meta.get("preprocessing") or {}
+        plan = {
+            "architecture_plans": {"arch_class_name": network.get("name", "ResEnc-custom"),
+                                   "arch_kwargs": network.get("config")},
+            "pretrain_plan": {"spacing": preprocessing.get("spacing"),
+                              "normalization": preprocessing.get("normalization", "zscore"),
+                              "patch_size": meta.get("patch_size"), "method": "fine-tuned model",
+                              "modality": (meta.get("backbone") or {}).get("modality")},
+            "pretrain_num_input_channels": int(meta.get("in_channels", 1)),
+            "recommended_downstream_patchsize": meta.get("patch_size"),
+            "key_to_encoder": "encoder.stages",
+            "key_to_stem": "encoder.stem",
+            "keys_to_in_proj": ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"],
+        }
+        with open(os.path.join(folder, "adaptation_plan.json"), "w", encoding="utf-8") as stream:
+            json.dump(plan, stream, indent=1)
+        return weights
 
     def _checkPairs(self, trainingPairs):
         pairs = [tuple(pair) for pair in (trainingPairs or [])]

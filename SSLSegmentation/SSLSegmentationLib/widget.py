@@ -54,6 +54,7 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self.chart = None
         self.job = None
+        self._backbones = {}
 
         uiWidget = slicer.util.loadUI(moduleWidget.resourcePath("UI/SSLSegmentation.ui"))
         moduleWidget.layout.addWidget(uiWidget)
@@ -148,6 +149,7 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
             backbones = []
             self.ui.backboneInfoLabel.setText(_("Backbones are listed once the Python packages are installed."))
         rows = [{"name": SCRATCH, "title": _("no backbone: train from scratch"), "cached": True}] + backbones
+        self._backbones = {entry["name"]: entry for entry in rows}
         table.setRowCount(len(rows))
         for row, entry in enumerate(rows):
             if entry["name"] == SCRATCH:
@@ -165,7 +167,7 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
             for column, text in enumerate(cells):
                 item = qt.QTableWidgetItem(str(text))
                 item.setToolTip(entry.get("title") or entry["name"])
-                item.setData(qt.Qt.UserRole, entry)
+                item.setData(qt.Qt.UserRole, entry["name"])
                 table.setItem(row, column, item)
         current = self.parameterNode.backbone if self.parameterNode else SCRATCH
         for row, entry in enumerate(rows):
@@ -174,14 +176,14 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
 
     def selectedBackbone(self):
         items = self.ui.backboneTable.selectedItems()
-        return items[0].data(qt.Qt.UserRole) if items else None
+        return self._backbones.get(items[0].data(qt.Qt.UserRole)) if items else None
 
     def onBackboneSelected(self):
         entry = self.selectedBackbone()
         if entry is None:
             return
         self._setParameter("backbone", entry["name"])
-        self.ui.downloadBackboneButton.enabled = entry["name"] != SCRATCH and not entry.get("cached")
+        self.updateButtons()
         plan = entry.get("input") or {}
         details = [entry.get("title") or "", entry.get("method") and _("method: ") + str(entry["method"]),
                    plan.get("spacing") and _("spacing: ") + str(plan["spacing"]) + " mm",
@@ -311,11 +313,12 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
         self._setParameter("device", text)
 
     def _ensureDependencies(self):
+        """True when the engine's packages are installed (asks once and installs what is missing)."""
         try:
-            with slicer.util.tryWithErrorDisplay(_("Installing Python packages failed."), waitCursor=True):
-                if not self.installLogic.ensure():
-                    return False
-        except (InstallError, RuntimeError):
+            if not self.installLogic.ensure():
+                return False
+        except InstallError as error:
+            slicer.util.errorDisplay(str(error), windowTitle=_("Python packages"))
             return False
         self.updateDeviceNote()
         return True
@@ -344,10 +347,12 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
         self.ui.segmentButton.text = _("Cancel") if kind == "segmentation" else _("Segment")
         self.ui.finetuneButton.enabled = kind in (None, "fine-tuning") and bool(self._pairs())
         self.ui.segmentButton.enabled = kind in (None, "segmentation")
-        for button in (self.ui.downloadBackboneButton, self.ui.importBackboneButton, self.ui.deleteModelButton,
-                       self.ui.renameModelButton, self.ui.importModelButton, self.ui.addCorrectedCaseButton):
-            button.enabled = not running if button is not self.ui.downloadBackboneButton else \
-                (not running and button.enabled)
+        for button in (self.ui.importBackboneButton, self.ui.deleteModelButton, self.ui.renameModelButton,
+                       self.ui.importModelButton, self.ui.addCorrectedCaseButton):
+            button.enabled = not running
+        entry = self.selectedBackbone()
+        self.ui.downloadBackboneButton.enabled = (not running and entry is not None and entry["name"] != SCRATCH
+                                                  and not entry.get("cached"))
 
     def appendLog(self, text):
         self.ui.logTextEdit.appendPlainText(text)
