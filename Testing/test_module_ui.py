@@ -114,3 +114,19 @@ def test_panel_loads_and_renders_with_pyside6(tmp_path, monkeypatch):
     colours = {image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}
     assert len(colours) > 20
     assert app is not None
+
+
+def test_parameter_types_resolve_to_real_classes(slicer_harness):
+    """Every parameter type names a real MRML class (slicer-core) or builtin, and defaults fit their types."""
+    from SSLSegmentationLib import parameters
+
+    for name, typeName, default, description in FIELDS:
+        annotation = parameters._annotation(typeName)
+        assert description, name
+        if typeName.startswith("list["):
+            (item,) = annotation.__args__
+            assert annotation.__origin__ is list and item.__name__ == typeName[5:-1]
+        elif typeName.startswith("vtkMRML"):
+            assert annotation.__name__ == typeName and default is None
+        else:
+            assert isinstance(default, annotation), (name, default)
