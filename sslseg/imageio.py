@@ -145,16 +145,24 @@ def _nifti_problem(path: str):
     return None
 
 
+def check_nifti_complete(path) -> None:
+    """Raise UserError when a .nii/.nii.gz file holds less data than its header promises (other files: no-op).
+    Cheap next to reading the image: it decompresses but allocates no array."""
+    path = os.fspath(path)
+    if path.lower().endswith((".nii", ".nii.gz")):
+        problem = _nifti_problem(path)
+        if problem:
+            raise UserError(f"cannot read image {path}: the file is truncated or corrupt ({problem})")
+
+
 def read_sitk(path) -> sitk.Image:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"image file not found: {path}")
     if path.lower().endswith(".seg.nrrd"):
-        raise UserError(f"{path} is a Slicer segmentation file; read it with sslseg.imageio.read_segmentation")
-    if path.lower().endswith((".nii", ".nii.gz")):
-        problem = _nifti_problem(path)
-        if problem:
-            raise UserError(f"cannot read image {path}: the file is truncated or corrupt ({problem})")
+        raise UserError(f"{path} is a Slicer segmentation file (.seg.nrrd), not a plain image; load it in Slicer or "
+                        "read it with the slicerio package")
+    check_nifti_complete(path)
     try:
         return sitk.ReadImage(path)
     except RuntimeError as error:

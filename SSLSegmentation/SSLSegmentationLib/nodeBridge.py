@@ -419,9 +419,9 @@ def loadSegmentationFile(path, name=None):
     if lower.endswith((".nrrd", ".nhdr")):
         checkNrrdFile(path)
     elif lower.endswith((".nii", ".nii.gz")):
-        from sslseg.imageio import read_sitk
+        from sslseg.imageio import check_nifti_complete
 
-        read_sitk(path)  # raises UserError for truncated NIfTI files (ITK would read zeros)
+        check_nifti_complete(path)  # ITK would read a truncated NIfTI silently as zeros
     properties = {"name": name} if name else {}
     try:
         return slicer.util.loadSegmentation(path, properties)
@@ -442,9 +442,9 @@ def loadVolumeFile(path, name=None, labelmap=False):
     if lower.endswith((".nrrd", ".nhdr")):
         checkNrrdFile(path)
     elif lower.endswith((".nii", ".nii.gz")):
-        from sslseg.imageio import read_sitk
+        from sslseg.imageio import check_nifti_complete
 
-        read_sitk(path)
+        check_nifti_complete(path)  # ITK would read a truncated NIfTI silently as zeros
     properties = {"labelmap": bool(labelmap)}
     if name:
         properties["name"] = name
