@@ -565,6 +565,8 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
                 new_total = min(new_total, int(steps))
             schedule = _rescale(schedule, new_total, step, fractions)
             if step == CALIBRATION_STEPS:
+                # about six validations over the run, whatever the machine's speed
+                val_every = max(CALIBRATION_STEPS, min(val_every, schedule.total // 6))
                 reporter.log(f"time limit {limit:.0f} s: {schedule.total} steps at {per_step:.2f} s/step")
         if limit and time.monotonic() - started > 1.1 * limit and step < schedule.total:
             reporter.log(f"time limit reached at step {step}")

@@ -50,6 +50,7 @@ def demo(args, reporter):
     from sslseg.finetune import dice_per_class, finetune
     from sslseg.inference import predict, resolve_device
     from sslseg.preprocessing import read_channels, read_label
+    from sslseg.progress import Reporter
 
     say = print if args.progress == "bar" else reporter.log
     root, how = find_demo_data(args.data, log=say)
