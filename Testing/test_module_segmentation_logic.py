@@ -5,6 +5,7 @@ Budget: the tiny ``test`` preset (ResEncT-test) and few steps; the whole file ta
 """
 
 import hashlib
+import json
 import os
 import time
 
@@ -55,8 +56,9 @@ def _sceneState(scene):
                 segmentID = segmentation.GetNthSegmentID(i)
                 segment = segmentation.GetSegment(segmentID)
                 digest.update(f"{segmentID}|{segment.GetName()}|{segment.GetColor()}".encode())
-                digest.update(np.ascontiguousarray(slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentID))
-                              .tobytes())
+                # the internal labelmap: arrayFromSegmentBinaryLabelmap would leave a display node in the scene
+                digest.update(np.ascontiguousarray(
+                    slicer.util.arrayFromSegmentInternalBinaryLabelmap(node, segmentID)).tobytes())
         state[node.GetID()] = (node.GetClassName(), node.GetName(), digest.hexdigest())
     return state
 
@@ -100,7 +102,7 @@ def logic(tmp_path):
     return SSLSegmentationLogic(modelsFolder=str(tmp_path / "models"))
 
 
-def test_finetune_then_segment_through_the_background_process(slicer_scene, hippocampus_dir, logic):
+def test_finetune_then_segment_through_the_background_process(slicer_scene, hippocampus_dir, logic, tmp_path):
     import slicer
 
     from SSLSegmentationLib import nodeBridge
@@ -147,13 +149,36 @@ def test_finetune_then_segment_through_the_background_process(slicer_scene, hipp
     assert expected and result.GetSegmentation().GetConversionParameter(parameter) == expected
     assert predictedLabels == [{"value": 1, "name": "Anterior", "color": predictedLabels[0]["color"]},
                                {"value": 2, "name": "Posterior", "color": predictedLabels[1]["color"]}]
-    # sensible Dice on the held-out case: far above chance (the structure is ~1 % of the voxels), a broken
-    # pipeline (wrong axes, wrong labels, empty result) scores near 0
+    # the module's result is exactly what the engine gives for the original file: the scene -> file -> process ->
+    # node round trip loses nothing and flips nothing (a geometry bug would move or mirror the labels)
+    from sslseg.imageio import read_image
+    from sslseg.inference import predict
+
+    (direct,) = predict(model, [os.path.join(hippocampus_dir, "imagesTr", f"{TEST_CASE}.nii.gz")],
+                        str(tmp_path / "direct"), device="cpu", tta=False)
+    directLabels, _ = read_image(direct)
+    agreement = float(np.mean(directLabels == predicted))
+    # sensible Dice on the held-out case after a short CPU run: far above chance; an empty result scores 0
     foreground = _dice(predicted > 0, reference > 0)
     perLabel = [_dice(predicted == v, reference == v) for v in (1, 2)]
     chance = _dice(np.random.default_rng(0).random(reference.shape) < (reference > 0).mean(), reference > 0)
-    print(f"held-out Dice: foreground {foreground:.3f}, per label {perLabel}, chance {chance:.3f}")
-    assert foreground > 0.5 and min(perLabel) > 0.25 and chance < 0.05
+    print(f"held-out Dice: foreground {foreground:.3f}, per label {perLabel}, chance {chance:.3f}, "
+          f"agreement with the engine {agreement:.5f}")
+    assert agreement > 0.999
+    assert foreground > 0.4 and max(perLabel) > 0.5 and chance < 0.1
+
+    # human in the loop: the (corrected) result joins the training pairs and training continues from the model
+    assert logic.addCorrectedCase(testVolume, result) == [(testVolume, result)]
+    events.clear()
+    model2 = logic.finetune(backbone=None, trainingPairs=pairs[:1] + logic.trainingPairs, initialModel=model,
+                            preset="test", device="cpu", steps=6, patchSize=PATCH, validationShare=0.0,
+                            modelName="hippocampus round 2", waitForCompletion=True, onEvent=events.append)
+    assert os.path.basename(model2) == "hippocampus round 2" and len(logic.modelStore.listModels()) == 2
+    with open(os.path.join(model2, "model.json")) as stream:
+        meta = json.load(stream)
+    assert meta["backbone"]["name"] == "Anterior-Posterior--scratch"  # started from the first model's weights
+    assert meta["recipe"]["from_scratch"] is False
+    assert any("encoder (with stem) loaded: 100.0 %" in e.get("message", "") for e in events)
 
 
 def test_cancel_kills_the_process_tree_and_changes_nothing(slicer_scene, hippocampus_dir, logic):
@@ -211,3 +236,25 @@ def test_add_corrected_case(slicer_scene, hippocampus_dir, logic):
     assert logic.addCorrectedCase(volume, segmentation) == [(volume, segmentation)]  # once
     with pytest.raises(UserError, match="not a segmentation"):
         logic.addCorrectedCase(volume, volume)
+
+
+def test_failed_runs_change_nothing(slicer_scene, hippocampus_dir, logic, tmp_path):
+    """The engine refuses the job after the scene data went out: the error comes back, nothing is added."""
+    from SSLSegmentationLib.processRunner import ProcessFailed
+
+    pairs = [_loadPair(hippocampus_dir, case)[:2] for case in TRAIN_CASES[:2]]
+    before = _sceneState(slicer_scene)
+    with pytest.raises(ProcessFailed, match="multiple of the network's total stride"):
+        logic.finetune(backbone=None, trainingPairs=pairs, preset="test", device="cpu", steps=2,
+                       patchSize=[30, 48, 32], waitForCompletion=True)
+    assert logic.currentJob.status == "failed" and not os.path.exists(logic.currentJob.workFolder)
+    assert logic.modelStore.listModels() == []
+
+    # a damaged model: predict fails, no segmentation node appears
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model.json").write_text(json.dumps({"format": "sslseg-model/1", "labels": LABELS}))
+    (broken / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ProcessFailed):
+        logic.segment(str(broken), pairs[0][0], device="cpu", waitForCompletion=True)
+    assert _sceneState(slicer_scene) == before

@@ -58,6 +58,14 @@ def _insideSlicer():
     return getattr(slicer, "app", None) is not None and qt.QCoreApplication.instance() is not None
 
 
+def _slicerProcessEvents():
+    if _insideSlicer():
+        import slicer
+
+        return slicer.app.processEvents
+    return lambda: None
+
+
 def pythonExecutable():
     """The Python to run child processes with: ``PythonSlicer`` inside Slicer (``sys.executable`` is the Slicer
     application there), the current interpreter elsewhere."""
@@ -309,12 +317,15 @@ class ProcessRunner:
         if self.process is None:
             self.start(autoPoll=False)
         deadline = None if timeout is None else time.monotonic() + timeout
+        # In Slicer's console the application keeps repainting (progress shows) while the call blocks.
+        processEvents = _slicerProcessEvents()
         try:
             while self.poll():
                 if deadline is not None and time.monotonic() > deadline:
                     self.cancel()
                     self.poll()
                     raise ProcessFailed(f"the process did not finish within {timeout} s and was stopped")
+                processEvents()
                 time.sleep(pollInterval)
         except KeyboardInterrupt:
             # Ctrl+C in a console script: do not leave a training process running in the background.

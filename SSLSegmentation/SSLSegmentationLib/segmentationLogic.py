@@ -230,7 +230,10 @@ class SSLSegmentationLogic(_LogicBase):
             produced = done.get("model") or out
             if not os.path.isfile(os.path.join(produced, "model.json")):
                 raise UserError(f"the engine reported a model at {produced} but it is not a model folder")
-            return self.modelStore.addModel(produced, modelName)
+            # another model may have taken the name during the run: never lose a finished training to a clash
+            name = modelName if not os.path.exists(self.modelStore.modelPath(modelName)) else \
+                self.modelStore.uniqueName(modelName)
+            return self.modelStore.addModel(produced, name)
 
         job = Job("fine-tuning", args, workFolder=work, complete=complete, onEvent=onEvent, onLog=onLog,
                   onFinished=onFinished)
@@ -379,7 +382,7 @@ class SSLSegmentationLogic(_LogicBase):
         model = os.fspath(model)
         if os.path.isfile(os.path.join(model, "model.json")) or os.path.isfile(model):
             return os.path.abspath(model)
-        path = self.modelStore.modelPath(model) if not os.path.sep in model else model
+        path = model if os.path.sep in model or "/" in model else self.modelStore.modelPath(model)
         if os.path.isfile(os.path.join(path, "model.json")):
             return path
         raise UserError(f"model {model!r} not found (neither in {self.modelStore.folder} nor as a path)")
@@ -428,7 +431,7 @@ class SSLSegmentationLogic(_LogicBase):
             files = [f for f in done.get("outputs", []) if f.endswith(".nii.gz")]
             if len(files) != 1:
                 raise UserError(f"the engine wrote {len(files)} label files, expected one")
-            if inputVolumeNode.GetScene() is not scene or scene is None:
+            if scene is None or inputVolumeNode.GetScene() is None:
                 raise UserError("the input volume was removed from the scene while it was being segmented")
             labelArray, geometry = read_image(files[0])
             if not geometry.same_grid(nodeBridge.volumeGeometry(inputVolumeNode)):
