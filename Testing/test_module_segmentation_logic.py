@@ -182,8 +182,6 @@ def test_finetune_then_segment_through_the_background_process(slicer_scene, hipp
 
 
 def test_cancel_kills_the_process_tree_and_changes_nothing(slicer_scene, hippocampus_dir, logic):
-    import slicer
-
     pairs = [_loadPair(hippocampus_dir, case)[:2] for case in TRAIN_CASES[:3]]
     before = _sceneState(slicer_scene)
     finished = []
