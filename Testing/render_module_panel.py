@@ -105,6 +105,7 @@ def fillExampleContent(panel):
     table.horizontalHeader().setStretchLastSection(True)
     table.verticalHeader().hide()
     table.selectRow(min(2, len(rows) - 1))
+    child(QProgressBar, "backboneProgressBar").hide()  # shown by the widget only while downloading
     child(QLabel, "backboneInfoLabel").setText("ResEnc-L, S3D (sparse MAE) pretrained on OpenMind brain MRI; "
                                                "spacing [1, 1, 1] mm")
     for name, text in (("trainingVolumeSelector", "hippocampus_011"),
