@@ -27,6 +27,8 @@ def main():
     parser.add_argument("--test", type=int, default=30)
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--log-dir", default=None)
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:ARGS",
+                        help="another sslseg run in the same comparison, e.g. 'p32:--patch 32 48 32'")
     args = parser.parse_args()
     seconds = args.minutes * 60
     out = args.json_out or tempfile.mktemp(suffix=".jsonl")
@@ -43,6 +45,10 @@ def main():
         plain += ["--threads", "1"]
     started = time.time()
     runs = [(ours, "sslseg"), (plain, "plain")]
+    for variant in args.variant:
+        label, extra = variant.split(":", 1)
+        command = [a if a != "sslseg-cpu-preset" else f"sslseg-{label}" for a in ours] + extra.split()
+        runs.append((command, label))
     if args.parallel:
         procs = [subprocess.Popen(cmd, env=env, stdout=open(os.path.join(logs, f"{name}.out"), "w"),
                                   stderr=open(os.path.join(logs, f"{name}.err"), "w")) for cmd, name in runs]
@@ -55,7 +61,7 @@ def main():
           f"exit codes {codes}; logs in {logs}")
     print("| run | steps | training s | test Dice Anterior | Posterior | mean |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for r in records[-2:]:
+    for r in records[-len(runs):]:
         d = r["test_dice"]
         print(f"| {r['label']} | {r['steps']} | {r['finetune_seconds']} | {d['per_label']['Anterior']:.3f} | "
               f"{d['per_label']['Posterior']:.3f} | {d['mean']:.3f} |")

@@ -79,6 +79,7 @@ def main(argv=None):
     parser.add_argument("--time-limit", type=float)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--patch", type=int, nargs=3)
+    parser.add_argument("--arch", help="network for --backbone none (default: the preset's)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-lr", type=float)
     parser.add_argument("--optimizer", choices=("sgd", "adamw"))
@@ -101,7 +102,7 @@ def main(argv=None):
         finetune(args.backbone, data=args.data, out=out, preset=args.preset, device="cpu", steps=args.steps,
                  seed=args.seed, progress=Reporter("bar", prefix=args.label or "bench"), time_limit=args.time_limit,
                  batch_size=args.batch_size, patch_size=args.patch, max_lr=args.max_lr, optimizer=args.optimizer,
-                 train_case_ids=train_ids, val_case_ids=val_ids, keep_best=args.keep == "best")
+                 train_case_ids=train_ids, val_case_ids=val_ids, keep_best=args.keep == "best", arch=args.arch)
         seconds = time.monotonic() - started
         meta = json.load(open(os.path.join(out, "model.json")))
         result = test_dice(out, dataset, test_ids, tta=args.tta)

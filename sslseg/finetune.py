@@ -183,7 +183,10 @@ def enable_gradient_checkpointing(network):
         original = stage.forward
 
         def forward(x, _original=original):
-            if x.requires_grad or any(p.requires_grad for p in _original.__self__.parameters()):
+            import torch
+
+            if torch.is_grad_enabled() and (x.requires_grad or
+                                            any(p.requires_grad for p in _original.__self__.parameters())):
                 return checkpoint(_original, x, use_reentrant=False)
             return _original(x)
 
@@ -340,12 +343,14 @@ def _split(case_ids, val_cases, seed, val_case_ids=None):
     return train, val
 
 
-def _load_network(backbone, preset: Preset, num_classes: int, in_channels: int, reporter):
-    """(network, spec, plan, provenance) for a backbone name/file, or a fresh network for "none"."""
-    from sslseg.networks import build_from_spec, spec_for
+def _load_network(backbone, preset: Preset, num_classes: int, in_channels: int, reporter, arch=None):
+    """(network, spec, plan, provenance) for a backbone name/file, or a fresh network for "none" (``arch``: a
+    network name or spec, default the preset's)."""
+    from sslseg.networks import build_from_spec
+    from sslseg.presets import network_spec
 
     if backbone in (None, "", "none"):
-        spec = spec_for(preset.arch)
+        spec = arch if isinstance(arch, dict) else network_spec(arch or preset.arch)
         return build_from_spec(spec, in_channels, num_classes), spec, {}, None
     try:
         from sslseg.backbones import load_backbone
@@ -364,7 +369,7 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
              steps=None, val_cases=None, seed=0, progress="bar", label_names=None, label_info=None,
              time_limit=None, max_memory_gb=None, batch_size=None, patch_size=None, val_case_ids=None,
              max_lr=None, optimizer=None, train_case_ids=None, keep_best=True,
-             step_callback=None):
+             step_callback=None, arch=None):
     """Fine-tune ``backbone`` (a backbone name or checkpoint file, or ``"none"`` to train from scratch) on a dataset
     folder ``data`` (nnU-Net/MSD layout) or on explicit ``images``/``labels`` lists; write the model folder ``out``.
     Returns the model folder's path. Every input is checked before training starts.
@@ -373,7 +378,7 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
     in the first steps, so that the whole run (validation included) ends in about that time. ``keep_best``: keep
     the weights with the best validation Dice (default) rather than the last ones. ``step_callback(step=, phase=,
     loss=, network=, optimizer=)`` is called after every optimiser step (raising in it cancels the run: nothing is
-    written)."""
+    written). ``arch``: the network for ``backbone="none"`` (a name or a spec; default the preset's)."""
     import torch
 
     from sslseg.datasets import dataset_from_lists, load_dataset
@@ -423,7 +428,7 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
 
     # --- network and plan ---
     torch.manual_seed(seed)
-    network, spec, plan, provenance = _load_network(backbone, preset, num_classes, in_channels, reporter)
+    network, spec, plan, provenance = _load_network(backbone, preset, num_classes, in_channels, reporter, arch)
     from_scratch = provenance is None
     if not from_scratch and preset.name == "cpu" and sum(p.numel() for p in network.parameters()) > 20e6:
         reporter.log("note: this backbone is large for a CPU; expect a slow run (a GPU preset is advised)")
