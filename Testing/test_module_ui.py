@@ -130,3 +130,34 @@ def test_parameter_types_resolve_to_real_classes(slicer_harness):
             assert annotation.__name__ == typeName and default is None
         else:
             assert isinstance(default, annotation), (name, default)
+
+
+# qMRMLNodeComboBox API used by the widget code, absent from its stand-in QComboBox
+SLICER_ONLY = {"qMRMLNodeComboBox": {"currentNode", "setCurrentNode", "currentNodeChanged", "setMRMLScene"}}
+
+
+def test_widget_code_calls_existing_methods_signals_and_properties(monkeypatch):
+    """Every ``self.ui.<widget>.<member>`` in the widget code names a method, signal or Qt property of that
+    widget's class (PythonQt exposes Qt properties as attributes: ``button.enabled``, ``combo.currentText``)."""
+    pytest.importorskip("PySide6.QtUiTools", reason="needs PySide6 (pip install -e '.[test]')")
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication, QWidget
+
+    app = QApplication.instance() or QApplication([])
+    panel = render_module_panel.loadPanel()
+    _, widgets = _widgets()
+    used = set()
+    for path in CODE_FILES:
+        with open(path, encoding="utf-8") as stream:
+            used |= set(re.findall(r"\bself\.ui\.(\w+)\.(\w+)", stream.read()))
+    assert len(used) > 30
+    unknown = []
+    for name, member in sorted(used):
+        if member in SLICER_ONLY.get(widgets[name], ()):
+            continue
+        widget = panel.findChild(QWidget, name)
+        if not (hasattr(widget, member) or widget.metaObject().indexOfProperty(member) >= 0):
+            unknown.append(f"{name}.{member} ({widgets[name]})")
+    panel.close()
+    assert not unknown, f"not members of the widget classes: {unknown}"
+    assert app is not None
