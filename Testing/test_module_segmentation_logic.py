@@ -256,3 +256,31 @@ def test_failed_runs_change_nothing(slicer_scene, hippocampus_dir, logic, tmp_pa
     with pytest.raises(ProcessFailed):
         logic.segment(str(broken), pairs[0][0], device="cpu", waitForCompletion=True)
     assert _sceneState(slicer_scene) == before
+
+
+def test_import_backbone_in_the_background(logic, tmp_path, monkeypatch):
+    """'Import file...': a checkpoint is checked and registered by the engine in a background process; it then
+    appears in the backbone list (here: a tiny fine-tuned model converted to an nnssl-style checkpoint)."""
+    from sslseg.model_folder import save_model
+    from sslseg.networks import build_from_spec, spec_for
+    from SSLSegmentationLib.segmentationLogic import SSLSegmentationLogic
+
+    monkeypatch.setenv("SSLSEG_HOME", str(tmp_path / "home"))  # the child process inherits it
+    spec = spec_for("ResEncT-test")
+    folder = save_model(tmp_path / "tiny", {"network": spec, "in_channels": 1, "labels": LABELS,
+                                            "preprocessing": {"spacing": [1.0, 1.0, 1.0]}, "patch_size": [16, 24, 16]},
+                        build_from_spec(spec, 1, 3).state_dict())
+    checkpoint = SSLSegmentationLogic._modelAsBackbone(folder, str(tmp_path / "work"))
+    assert "tiny-test" not in [b["name"] for b in logic.listBackbones()]
+    logs = []
+    logic.importBackbone(checkpoint, name="tiny-test", waitForCompletion=True, onLog=logs.append)
+    (entry,) = [b for b in logic.listBackbones() if b["name"] == "tiny-test"]
+    assert entry["cached"] and entry["source"] == "imported"
+    assert any("imported backbone tiny-test" in line for line in logs)
+    with pytest.raises(Exception, match="already exists"):  # a different file under the same name is refused
+        other = SSLSegmentationLogic._modelAsBackbone(
+            save_model(tmp_path / "other", {"network": spec, "in_channels": 1, "labels": LABELS,
+                                            "preprocessing": {"spacing": [1.0, 1.0, 1.0]},
+                                            "patch_size": [16, 24, 16]}, build_from_spec(spec, 1, 3).state_dict()),
+            str(tmp_path / "work2"))
+        logic.importBackbone(other, name="tiny-test", waitForCompletion=True)
