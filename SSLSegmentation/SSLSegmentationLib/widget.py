@@ -284,11 +284,13 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
         text = self.parameterNode.segmentNames if self.parameterNode else ""
         return [name for name in text.split(",") if name]
 
-    def onSegmentChecked(self, item=None):
+    def _checkedSegmentNames(self):
         listWidget = self.ui.segmentsListWidget
-        names = [listWidget.item(i).data(qt.Qt.UserRole) for i in range(listWidget.count)
-                 if listWidget.item(i).checkState() == qt.Qt.Checked]
-        self._setParameter("segmentNames", ",".join(names))
+        return [listWidget.item(i).data(qt.Qt.UserRole) for i in range(listWidget.count)
+                if listWidget.item(i).checkState() == qt.Qt.Checked]
+
+    def onSegmentChecked(self, item=None):
+        self._setParameter("segmentNames", ",".join(self._checkedSegmentNames()))
 
     # -- fine-tuning --
 
@@ -384,6 +386,10 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
         if not self._ensureDependencies():
             return
         p = self.parameterNode
+        segmentNames = self._checkedSegmentNames()
+        if not segmentNames:
+            slicer.util.warningDisplay(_("Check the segments to learn (segments present in every pair)."))
+            return
         backbone = None if p.backbone in ("", SCRATCH) else p.backbone
         initialModel = p.model if p.continueFromModel and p.model else None
         if self.chart is not None:
@@ -398,7 +404,7 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
                 self.refreshModels(select=os.path.basename(job.result))
 
         self._startJob(lambda: self.logic.finetune(
-            backbone, self._pairs(), segmentNames=self._chosenSegmentNames() or None, preset=p.preset,
+            backbone, self._pairs(), segmentNames=segmentNames, preset=p.preset,
             device=p.device, validationShare=None if p.validationPercent < 0 else p.validationPercent / 100.0,
             initialModel=initialModel, modelName=p.modelName or None, onEvent=self.onProgressEvent,
             onLog=self.appendLog, onFinished=onFinished))
