@@ -248,10 +248,13 @@ def slicerPipInstall(specs, noDeps=False, constraints=None, requester=None):
     if packaging is not None and not noDeps:
         from packaging.requirements import Requirement as PackagingRequirement
 
-        packaging.pip_ensure([PackagingRequirement(s) for s in specs], constraints=constraints,
-                             skip_packages=list(DEFAULT_HOST_PACKAGES), prompt_install=False, prompt_restart=False,
-                             requester=requester, skip_in_testing=False)
-        return
+        try:
+            packaging.pip_ensure([PackagingRequirement(s) for s in specs], constraints=constraints,
+                                 skip_packages=list(DEFAULT_HOST_PACKAGES), prompt_install=False,
+                                 prompt_restart=False, requester=requester, skip_in_testing=False)
+            return
+        except TypeError:  # an earlier pip_ensure signature: use pip_install with the constraints file
+            logging.info("pip_ensure does not take these options here; using slicer.util.pip_install")
     options = (["--no-deps"] if noDeps else []) + (["-c", constraints] if constraints else [])
     # A list of arguments (accepted by every Slicer 5 release): no shell quoting of "<" in specifiers needed.
     slicer.util.pip_install(options + list(specs))
