@@ -79,15 +79,28 @@ class Job:
         self.result = None
         self.errorMessage = None
         self.status = "running"
-        argv, env = engineCommand(args)
+        try:
+            argv, env = engineCommand(args)
+        except BaseException:
+            self._removeWorkFolder()
+            raise
         self.runner = ProcessRunner(argv, env=env, onEvent=onEvent, onLog=onLog, onFinished=self._processFinished)
+
+    def _removeWorkFolder(self):
+        if self.workFolder:
+            shutil.rmtree(self.workFolder, ignore_errors=True)
 
     @property
     def events(self):
         return self.runner.events
 
     def start(self, autoPoll=None):
-        self.runner.start(autoPoll=autoPoll)
+        try:
+            self.runner.start(autoPoll=autoPoll)
+        except BaseException as error:  # e.g. the Python executable could not be started
+            self.status, self.errorMessage = "failed", str(error)
+            self._removeWorkFolder()
+            raise
         return self
 
     def poll(self):
@@ -109,8 +122,7 @@ class Job:
             else:
                 self.status, self.errorMessage = runner.status, runner.errorMessage
         finally:
-            if self.workFolder:
-                shutil.rmtree(self.workFolder, ignore_errors=True)
+            self._removeWorkFolder()
             if self.onFinished:
                 try:
                     self.onFinished(self)
