@@ -42,7 +42,14 @@ def fakeSite(tmp_path, monkeypatch):
     return site
 
 
-def test_engine_requirements_are_satisfied_in_this_venv():
+def test_engine_requirements_are_satisfied_in_this_venv(monkeypatch):
+    import socket
+
+    def noNetwork(*args, **kwargs):
+        raise AssertionError("the dependency check must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", noNetwork)
+    monkeypatch.setattr(socket, "create_connection", noNetwork)
     logic = InstallLogic.forEngine(pipInstall=_forbidden, confirm=_forbidden, installTorch=_forbidden,
                                    askRestart=_forbidden)
     assert logic.missing() == (False, [], [])
