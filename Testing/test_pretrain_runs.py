@@ -19,6 +19,24 @@ PLAN_KEYS = {"architecture_plans", "pretrain_plan", "pretrain_num_input_channels
              "key_to_encoder", "key_to_stem", "keys_to_in_proj"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    # These tiny networks gain little from a second thread, and on a busy 2-core machine two OpenMP threads stall
+    # each other (10x slower measured); restored afterwards for the rest of the suite.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread_per_test(_one_torch_thread):
+    previous = torch.get_num_threads()  # fine-tuning picks its own thread count: set it again for every test
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _image_list(hippocampus_dir, tmp_path, count=8):
     folder = os.path.join(hippocampus_dir, "imagesTr")
     names = sorted(os.listdir(folder))[:count]
