@@ -29,7 +29,7 @@ DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="ResEncS-cpu")
+    parser.add_argument("--arch", default="ResEncXS-cpu")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cases", type=int, default=30)
@@ -40,11 +40,12 @@ def main():
     from sslseg.datasets import load_dataset
     from sslseg.inference import resolve_device, segment_array
     from sslseg.model_folder import FORMAT, Model
-    from sslseg.networks import build_from_spec, spec_for
+    from sslseg.networks import build_from_spec
+    from sslseg.presets import network_spec
     from sslseg.preprocessing import read_channels
 
     device, note = resolve_device(args.device)
-    spec = spec_for(args.arch)
+    spec = network_spec(args.arch)
     torch.manual_seed(0)
     network = build_from_spec(spec, 1, 3).to(device).eval()
     hippocampus = load_dataset(os.path.join(DATA, "Task04_Hippocampus"))

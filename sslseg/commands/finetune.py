@@ -46,6 +46,8 @@ def add_parser(subparsers):
     parser.add_argument("--batch-size", type=int, help="batch size (default: the preset's, reduced to fit the GPU)")
     parser.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"),
                         help="patch size in voxels (default: from the backbone plan, clipped to the data)")
+    parser.add_argument("--arch", help="network for --backbone none (default: the preset's; e.g. ResEncL, "
+                                       "ResEncS-cpu, ResEncXS-cpu)")
     parser.add_argument("--max-lr", type=float, help="maximum learning rate (default: 1e-3 fine-tuning, 1e-2 scratch)")
     parser.add_argument("--max-memory-gb", type=float,
                         help="GPU memory limit: batch/patch are reduced and gradient checkpointing enabled to fit")
@@ -82,7 +84,7 @@ def run(args):
                         preset=args.preset, device=args.device, steps=args.steps, val_cases=args.val_cases,
                         seed=args.seed, progress=reporter, label_names=names, label_info=_label_info(args),
                         time_limit=args.time_limit, max_memory_gb=args.max_memory_gb, batch_size=args.batch_size,
-                        patch_size=args.patch, max_lr=args.max_lr)
+                        patch_size=args.patch, max_lr=args.max_lr, arch=args.arch)
         if args.pack:
             reporter.log(f"packed model: {pack_model(path, args.pack)}")
         if args.progress == "bar":
