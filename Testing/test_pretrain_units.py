@@ -248,3 +248,18 @@ def test_command_line_for_a_server():
 
     parsed = build_parser().parse_args(multi.split(" -m sslseg ")[1].split())
     assert parsed.method == "volf" and parsed.patch == [64, 128, 128] and parsed.volf_variant == "paper"
+
+
+def test_a_taken_register_name_is_refused_before_training(tmp_path, monkeypatch):
+    import sslseg
+    from sslseg.backbones import cache
+
+    monkeypatch.setenv("SSLSEG_HOME", str(tmp_path / "home"))
+    os.makedirs(cache.entry_dir("taken"))
+    open(os.path.join(cache.entry_dir("taken"), "checkpoint_final.pth"), "wb").close()
+    cache.write_meta("taken", {"name": "taken", "checkpoint": "checkpoint_final.pth"})
+    for name, message in (("taken", "already exists"), ("ResEncL-OpenMind-S3D", "published"), ("../x", "invalid")):
+        with pytest.raises(UserError, match=message):
+            sslseg.pretrain("s3d", images=tmp_path, out=tmp_path / "out", arch="ResEncT-test", patch=16,
+                            register=name)
+    assert not (tmp_path / "out").exists()

@@ -201,6 +201,7 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
     from sslseg.pretrain.volume_fusion import NUM_CLASSES
 
     arch_kwargs, stride = _check_config(config)
+    check_register_name(config.register)
     dist = Distributed()
     device, note = resolve_device(config.device, dist)
     dist.init(device.type)
@@ -453,6 +454,22 @@ def _mean_dice(prediction, label, num_classes: int) -> float:
     return sum(scores) / max(len(scores), 1)
 
 
+def check_register_name(name: str):
+    """Refuse a bad or taken --register name before hours of training, not after."""
+    if not name:
+        return
+    try:
+        from sslseg.backbones import cache
+        from sslseg.backbones.catalog import is_catalog_name
+    except ImportError:
+        return
+    cache.check_name(name)
+    if is_catalog_name(name):
+        raise UserError(f"--register: {name!r} is the name of a published backbone; choose another name")
+    if cache.read_meta(name):
+        raise UserError(f"--register: a backbone named {name!r} already exists; choose another name")
+
+
 def register_backbone(checkpoint: str, name: str, reporter) -> str:
     """Register the finished backbone under ``name`` through the backbones area, when it is installed."""
     try:
@@ -461,6 +478,9 @@ def register_backbone(checkpoint: str, name: str, reporter) -> str:
         reporter.log("not registered: sslseg.backbones.import_checkpoint is not available in this build; "
                      f"import {checkpoint} later")
         return None
-    registered = import_checkpoint(checkpoint, name=name)
+    try:
+        registered = import_checkpoint(checkpoint, name=name)
+    except UserError as error:
+        raise UserError(f"pretraining finished ({checkpoint}) but registering it as {name!r} failed: {error}") from None
     reporter.log(f"registered backbone {registered}")
     return registered
