@@ -17,7 +17,7 @@ from sslseg.pretrain import volume_fusion
 from sslseg.pretrain.data import list_images, preflight, sample_patch
 from sslseg.pretrain.s3d import (MASK_RATIO_RANGE, MaskedImageModel, draw_mask_ratio, expand_mask, masked_l2_loss,
                                  random_block_mask)
-from sslseg.pretrain.sparse import MaskContext, SparseInstanceNorm3d, sparsify
+from sslseg.pretrain.sparse import SparseInstanceNorm3d, sparsify
 
 
 def _grid(batch=2, shape=(4, 4, 4), ratio=0.7, seed=0):

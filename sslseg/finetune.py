@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sslseg._callable import make_callable
 from sslseg.errors import UserError
 from sslseg.presets import Preset, default_preset, get_preset
 from sslseg.preprocessing import Preprocessor, choose_patch_size, pad_to, read_channels, read_label
@@ -672,3 +673,7 @@ def _rescale(schedule: Schedule, new_total: int, step: int, fractions) -> Schedu
             full = max(step - decoder + 1, round(new_total * fractions[1]))
     new_total = max(int(new_total), decoder + full + 1, step)
     return Schedule(new_total, decoder, full, schedule.max_lr, schedule.exponent)
+
+
+# ``sslseg.finetune(...)`` calls finetune() even after ``import sslseg.finetune`` replaced the lazy export
+make_callable(__name__)

@@ -87,8 +87,13 @@ def sliding_window_probabilities(network, image, patch_size, device, overlap: fl
     from monai.inferers import sliding_window_inference
 
     padded, inner = pad_to(np.asarray(image, np.float32), patch_size, value=0.0)
-    tensor = torch.from_numpy(np.ascontiguousarray(padded))[None].to(device)
     amp = (device.type == "cuda") if amp is None else amp
+    # large volumes on a GPU: windows run on the GPU, the blended output is gathered in CPU memory (MONAI's
+    # sw_device/device split), so that a 4 GB card is enough
+    gather = device
+    if device.type == "cuda" and padded[0].size * max(2, getattr(getattr(network, "decoder", None), "num_classes", 2)) * 4 > 1 << 30:
+        gather = torch.device("cpu")
+    tensor = torch.from_numpy(np.ascontiguousarray(padded))[None].to(gather)
     total = None
     flips = mirror_axes_sets(tta)
     with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
@@ -96,7 +101,8 @@ def sliding_window_probabilities(network, image, patch_size, device, overlap: fl
             source = torch.flip(tensor, flip) if flip else tensor
             logits = sliding_window_inference(source, roi_size=list(patch_size), sw_batch_size=sw_batch_size,
                                               predictor=network, overlap=overlap, mode="gaussian",
-                                              sigma_scale=0.125, padding_mode="constant", cval=0.0)
+                                              sigma_scale=0.125, padding_mode="constant", cval=0.0,
+                                              sw_device=device, device=gather)
             probabilities = torch.softmax(logits.float(), dim=1)
             if flip:
                 probabilities = torch.flip(probabilities, flip)

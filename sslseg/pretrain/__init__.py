@@ -18,8 +18,7 @@ Example (Python console, also inside Slicer)::
 
 from __future__ import annotations
 
-import sys
-import types
+from sslseg._callable import make_callable
 
 METHODS = ("s3d", "mae", "volf")
 
@@ -87,13 +86,5 @@ def _triple(value, kind):
     return tuple(value * 3 if len(value) == 1 else value)
 
 
-class _CallablePackage(types.ModuleType):
-    """``sslseg.pretrain`` is both this package and the API function (``sslseg/__init__.py`` exports the function
-    lazily under the same name): once the package is imported it replaces that attribute, so the package itself
-    forwards calls to :func:`pretrain`."""
-
-    def __call__(self, *args, **kwargs):
-        return pretrain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+# ``sslseg.pretrain(...)`` calls pretrain() whichever way the package was imported
+make_callable(__name__)

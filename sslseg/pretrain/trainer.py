@@ -11,7 +11,6 @@ its own shard of the images; rank 0 is the only one that writes checkpoints, the
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -188,8 +187,7 @@ def _checkpoint_state(model, optimizer, scaler, step, config, loss_history, rng_
 
 def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
     """Run (or resume) a pretraining; returns ``{"checkpoint": path, "out": dir, "steps", "final_loss",
-    "registered", "losses"}`` on rank 0 (other ranks get the same without ``checkpoint``)."""
-    import numpy as np
+    "registered", "losses", "validation"}`` on rank 0 (other ranks get the same without ``checkpoint``)."""
     import torch
 
     from sslseg import networks
