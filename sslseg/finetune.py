@@ -135,9 +135,18 @@ class PatchSampler:
             image, label = self._crop(case, force)
             sample = {"image": torch.from_numpy(image.copy()), "label": torch.from_numpy(label[None].astype(np.float32))}
             sample = self.transform(sample) if self.transform is not None else sample
-            images.append(torch.as_tensor(sample["image"]).float())
-            labels.append(torch.as_tensor(sample["label"]).round().long())
+            images.append(_plain_tensor(sample["image"]).float())
+            labels.append(_plain_tensor(sample["label"]).round().long())
         return torch.stack(images), torch.stack(labels)
+
+
+def _plain_tensor(value):
+    """A torch.Tensor without MONAI's metadata: a MetaTensor batch would route every operation of the network's
+    forward and backward pass through MetaTensor.__torch_function__ (measured: 2-3x slower training steps on CPU)."""
+    import torch
+
+    value = value.as_tensor() if hasattr(value, "as_tensor") else value
+    return torch.as_tensor(value)
 
 
 def build_augmentation(augment: dict, seed: int):

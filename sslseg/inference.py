@@ -24,11 +24,30 @@ from sslseg.preprocessing import pad_to, read_channels, resample_probabilities
 from sslseg.progress import Reporter
 
 
+def _busy_cores(interval: float = 0.3):
+    """Cores kept busy by other processes right now, from two readings of /proc/stat (Linux); None elsewhere.
+    Unlike the load average this does not remember the previous run of our own."""
+    def read():
+        with open("/proc/stat", encoding="ascii") as stream:
+            values = [int(v) for v in stream.readline().split()[1:]]
+        return sum(values), values[3] + (values[4] if len(values) > 4 else 0)  # total, idle + iowait
+
+    try:
+        total0, idle0 = read()
+        time.sleep(interval)
+        total1, idle1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
 def configure_cpu_threads() -> str:
     """Pick torch's CPU thread count. OpenMP threads that outnumber the free cores spin against each other: on our
     2-core machine, busy with other jobs, a training step took ~25 s with 2 threads and ~8 s with 1 (see
-    docs/benchmarks.md). Unless ``OMP_NUM_THREADS`` or ``SSLSEG_THREADS`` says otherwise, use the cores that the
-    1-minute load average leaves free (at least one)."""
+    docs/benchmarks.md). Unless ``OMP_NUM_THREADS`` or ``SSLSEG_THREADS`` says otherwise, use the cores that other
+    processes leave free right now (at least one)."""
     import torch
 
     cores = os.cpu_count() or 1
@@ -37,12 +56,12 @@ def configure_cpu_threads() -> str:
         threads = int(explicit)
         why = "as set in the environment"
     else:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            load = 0.0
-        threads = max(1, min(torch.get_num_threads(), int(round(cores - load))))
-        why = f"{cores} core(s), load {load:.1f}"
+        busy = _busy_cores()
+        if busy is None:
+            threads, why = torch.get_num_threads(), f"{cores} core(s)"
+        else:
+            threads = max(1, min(torch.get_num_threads(), int(round(cores - busy))))
+            why = f"{cores} core(s), {busy:.1f} busy with other work"
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return f"{threads} thread(s) ({why})"
