@@ -40,12 +40,11 @@ def main():
     from sslseg.datasets import load_dataset
     from sslseg.inference import resolve_device, segment_array
     from sslseg.model_folder import FORMAT, Model
-    from sslseg.networks import build_from_spec
-    from sslseg.presets import network_spec
+    from sslseg.networks import build_from_spec, spec_for
     from sslseg.preprocessing import read_channels
 
     device, note = resolve_device(args.device)
-    spec = network_spec(args.arch)
+    spec = spec_for(args.arch)
     torch.manual_seed(0)
     network = build_from_spec(spec, 1, 3).to(device).eval()
     hippocampus = load_dataset(os.path.join(DATA, "Task04_Hippocampus"))

@@ -13,7 +13,7 @@ import os
 import torch
 
 from sslseg.networks import build_from_spec
-from sslseg.presets import network_spec
+from sslseg.networks import spec_for
 
 
 def main():
@@ -23,7 +23,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    spec = network_spec(args.arch)
+    spec = spec_for(args.arch)
     network = build_from_spec(spec, 1, 2)
     plan = {"architecture_plans": {"arch_class_name": args.arch, "arch_kwargs": spec["config"]},
             "pretrain_plan": {"spacing": [1.0, 1.0, 1.0], "normalization": "zscore", "patch_size": [64, 64, 64],

@@ -357,10 +357,10 @@ def _load_network(backbone, preset: Preset, num_classes: int, in_channels: int, 
     """(network, spec, plan, provenance) for a backbone name/file, or a fresh network for "none" (``arch``: a
     network name or spec, default the preset's)."""
     from sslseg.networks import build_from_spec
-    from sslseg.presets import network_spec
+    from sslseg.networks import spec_for
 
     if backbone in (None, "", "none"):
-        spec = arch if isinstance(arch, dict) else network_spec(arch or preset.arch)
+        spec = arch if isinstance(arch, dict) else spec_for(arch or preset.arch)
         return build_from_spec(spec, in_channels, num_classes), spec, {}, None
     try:
         from sslseg.backbones import load_backbone

@@ -41,6 +41,19 @@ ARCHITECTURES = {
             "conv_bias": True,
         },
     ),
+    "ResEncXS-cpu": (
+        "extra-small ResEnc U-Net, the cost of a MONAI DynUNet with 16-128 filters (4 stages, ~1.3 M parameters); "
+        "the cpu fine-tuning preset's network from scratch, and small CPU pretraining runs",
+        {
+            "n_stages": 4,
+            "features_per_stage": [16, 32, 64, 128],
+            "kernel_sizes": [[3, 3, 3]] * 4,
+            "strides": [[1, 1, 1]] + [[2, 2, 2]] * 3,
+            "n_blocks_per_stage": [1, 1, 1, 1],
+            "n_conv_per_stage_decoder": [1] * 3,
+            "conv_bias": True,
+        },
+    ),
     "ResEncT-test": (
         "tiny ResEnc U-Net for tests only (3 stages, 8-32 channels)",
         {

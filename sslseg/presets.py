@@ -5,7 +5,8 @@
 - ``standard``: the same recipe, shortened to 8k steps (warm-ups keep the paper's 1/12 fractions). Tens of minutes
   on a GPU.
 - ``quick``: the same recipe at 2k steps, for interactive use (a few minutes on a GPU).
-- ``cpu``: for users without a GPU: a small ResEnc network (``ResEncXS-cpu``, the cost of a DynUNet 16-128), a patch about the size of a small crop, and
+- ``cpu``: for users without a GPU: a small ResEnc network (``ResEncXS-cpu``, the cost of a DynUNet 16-128; the
+  larger ``ResEncS-cpu`` is 3-4 times dearer per step, which a 15-minute run cannot afford), a small patch, and
   AdamW with a short poly schedule (a plain MONAI script reached Dice 0.845 with AdamW but 0.515 with SGD momentum
   0.99 in the same time on 2 cores); the three phases are kept. Default time limit 15 minutes.
 - ``test``: the tiny ``ResEncT-test`` network for the test suite only.
@@ -27,7 +28,7 @@ from sslseg.errors import UserError
 class Preset:
     name: str
     description: str
-    arch: str  # network for --backbone none: a name in sslseg.networks or in CPU_NETWORKS below
+    arch: str  # network for --backbone none: a name in sslseg.networks
     steps: int
     decoder_warmup: float  # fraction of the steps
     full_warmup: float
@@ -52,30 +53,6 @@ class Preset:
 
 _PAPER_WARMUP = 12_500 / 150_000
 
-
-def _resenc(features, blocks):
-    stages = len(features)
-    return {"n_stages": stages, "features_per_stage": list(features), "kernel_sizes": [[3, 3, 3]] * stages,
-            "strides": [[1, 1, 1]] + [[2, 2, 2]] * (stages - 1), "n_blocks_per_stage": list(blocks),
-            "n_conv_per_stage_decoder": [1] * (stages - 1), "conv_bias": True}
-
-
-# Networks for training from scratch on a CPU: the ResEnc family at the cost of a MONAI DynUNet with 16-128 filters
-# (measured per training step on 2 cores, docs/benchmarks.md). ResEncS-cpu (sslseg.networks) is 3-4 times dearer
-# per step, which a 15-minute CPU run cannot afford.
-CPU_NETWORKS = {
-    "ResEncXS-cpu": _resenc([16, 32, 64, 128], [1, 1, 1, 1]),
-    "ResEncXS2-cpu": _resenc([16, 32, 64, 128], [1, 2, 2, 2]),
-}
-
-
-def network_spec(name: str) -> dict:
-    """The spec of a network name from sslseg.networks or CPU_NETWORKS."""
-    from sslseg.networks import ARCHITECTURES, spec_for
-
-    if name in CPU_NETWORKS and name not in ARCHITECTURES:
-        return {"family": "ResEnc", "name": name, "config": copy.deepcopy(CPU_NETWORKS[name])}
-    return spec_for(name)
 
 PRESETS = {
     "paper": Preset("paper", "Wald et al.'s published schedule: ResEnc-L, 12.5k + 12.5k warm-up steps, 150k steps",

@@ -39,7 +39,7 @@ def add_parser(subparsers):
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cuda, cuda:N or cpu")
     parser.add_argument("--steps", type=int, help="number of training steps (default: the preset's)")
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
-                        help="fit the run into this many seconds (the cpu preset defaults to 720; 0 = no limit)")
+                        help="fit the run into this many seconds (the cpu preset defaults to 900; 0 = no limit)")
     parser.add_argument("--val-cases", type=int,
                         help="cases held out for validation (default: 1 in 5, at most 10; none below 5 cases)")
     parser.add_argument("--seed", type=int, default=0)

@@ -35,7 +35,7 @@ def add_parser(subparsers):
     parser.add_argument("--images", required=True, metavar="DIR_OR_LISTFILE",
                         help="folder with images (recursive) or a text file listing image paths")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (checkpoints, final backbone)")
-    parser.add_argument("--arch", default="ResEncL", help="architecture: ResEncL (paper, GPU), ResEncS-cpu, "
+    parser.add_argument("--arch", default="ResEncL", help="architecture: ResEncL (paper, GPU), ResEncS-cpu, ResEncXS-cpu, "
                         "ResEncT-test (see `sslseg models`)")
     parser.add_argument("--steps", type=int, default=250_000, help="training steps (the paper: 250000)")
     parser.add_argument("--batch", type=int, default=2, help="patches per step per process")
