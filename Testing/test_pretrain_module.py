@@ -358,7 +358,7 @@ def test_ui_file_has_every_widget_the_code_uses():
     assert receivers == {name for name, cls in widgets.items() if cls.startswith("qMRML") and "ComboBox" in cls}
 
     referenced = set(re.findall(r"\bself\.ui\.(\w+)", _code()))
-    assert len(referenced) > 20
+    assert len(referenced) > 15  # the regex found the wiring
     missing = sorted(referenced - set(widgets))
     assert not missing, f"the code refers to widgets missing from the .ui file: {missing}"
     expected = {"inputVolumesSelector": "qMRMLCheckableNodeComboBox", "imageFolderPathLineEdit": "ctkPathLineEdit",

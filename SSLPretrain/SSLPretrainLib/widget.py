@@ -12,6 +12,7 @@ import logging
 
 import qt
 import slicer
+import vtk
 from slicer.util import VTKObservationMixin
 
 from sslseg.errors import UserError
@@ -65,10 +66,6 @@ class SSLPretrainWidgetImpl(VTKObservationMixin):
         self.ui.methodComboBox.currentTextChanged.connect(lambda text: self._setParameter("method", text))
         self.ui.architectureComboBox.currentTextChanged.connect(self.onArchitectureChanged)
         self.ui.deviceComboBox.currentTextChanged.connect(lambda text: self._setParameter("device", text))
-        for spinBox in (self.ui.stepsSpinBox, self.ui.patchSizeSpinBox, self.ui.batchSizeSpinBox,
-                        self.ui.spacingSpinBox, self.ui.serverProcessesSpinBox, self.ui.serverNodesSpinBox):
-            spinBox.valueChanged.connect(lambda value: self.updateServerCommand())
-        self.ui.backboneNameLineEdit.textChanged.connect(lambda text: self.updateServerCommand())
         self.ui.startButton.clicked.connect(self.onStartOrCancel)
         self.ui.showChartButton.clicked.connect(self.showChart)
         self.ui.copyCommandButton.clicked.connect(self.onCopyCommand)
@@ -108,6 +105,7 @@ class SSLPretrainWidgetImpl(VTKObservationMixin):
         if self.parameterNode is not None and self._parameterNodeGuiTag is not None:
             self.parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self.parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def setParameterNode(self, parameterNode: SSLPretrainParameterNode):
         self._disconnectParameterNode()
@@ -115,6 +113,8 @@ class SSLPretrainWidgetImpl(VTKObservationMixin):
         if parameterNode is None:
             return
         self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+        # the spin boxes and line edit are bound by connectGui: the server command follows the parameter node
+        self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self.ui.methodComboBox.setCurrentText(parameterNode.method)
         self.ui.architectureComboBox.setCurrentText(parameterNode.architecture)
         self.ui.deviceComboBox.setCurrentText(parameterNode.device)
@@ -129,17 +129,20 @@ class SSLPretrainWidgetImpl(VTKObservationMixin):
             selector.setCheckState(node, qt.Qt.Checked if any(node is c for c in checked) else qt.Qt.Unchecked)
         selector.blockSignals(wasBlocked)
         self.onSourceChanged()
+        self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None):
+        self.updateServerCommand()
+        self.updateButtons()
 
     def _setParameter(self, name, value):
         if self.parameterNode is not None and getattr(self.parameterNode, name) != value:
-            setattr(self.parameterNode, name, value)
-        self.updateServerCommand()
+            setattr(self.parameterNode, name, value)  # -> onParameterNodeModified
 
     # -- images --
 
     def onVolumesChecked(self):
         self._setParameter("inputVolumes", list(self.ui.inputVolumesSelector.checkedNodes()))
-        self.updateButtons()
 
     def onSourceChanged(self, toggled=None):
         useFolder = self.ui.imageFolderRadioButton.checked
@@ -154,7 +157,6 @@ class SSLPretrainWidgetImpl(VTKObservationMixin):
 
     def onImageFolderChanged(self, path):
         self._setParameter("imageFolder", path)
-        self.updateButtons()
 
     def _imageSource(self):
         """``(volumeNodes, imageFolder)`` as the logic takes them."""
