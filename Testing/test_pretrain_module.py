@@ -123,8 +123,6 @@ def _alive(pid):
 
 
 def test_pretraining_from_scene_volumes_registers_a_backbone(slicer_scene, hippocampus_dir, logic):
-    import slicer
-
     import sslseg
     from SSLSegmentationLib.progressChart import ProgressChart
     from SSLPretrainLib.pretrainLogic import LOSS_CURVES
@@ -258,8 +256,6 @@ def test_failed_run_registers_nothing(slicer_scene, logic, tmp_path):
 
 
 def test_bad_input_is_refused_before_any_process_starts(slicer_scene, hippocampus_dir, logic, tmp_path):
-    import slicer
-
     from sslseg.backbones import import_checkpoint
     from sslseg.model_folder import save_model
     from sslseg.networks import build_from_spec, spec_for
