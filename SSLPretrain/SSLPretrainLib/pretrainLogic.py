@@ -41,7 +41,8 @@ except ImportError:
 METHODS = ("s3d", "mae", "volf")
 METHOD_TITLES = {"s3d": "S3D (sparse masked autoencoder)", "mae": "MAE (dense masked autoencoder)",
                  "volf": "Volume Fusion"}
-ARCHITECTURES = ("ResEncL", "ResEncS-cpu", "ResEncT-test")  # sslseg.networks.ARCHITECTURES; "test" for tests only
+# sslseg.networks.ARCHITECTURES offered in the panel (the last one, "test", only for tests)
+ARCHITECTURES = ("ResEncL", "ResEncS-cpu", "ResEncXS-cpu", "ResEncT-test")
 DEVICES = ("auto", "cuda", "cpu")
 # The live chart (SSLSegmentationLib.progressChart curves): the interval loss of the progress events and the loss on
 # a fixed validation batch (a smooth curve).
@@ -154,7 +155,7 @@ class SSLPretrainLogic(_LogicBase):
         try:
             config = architecture_kwargs(arch)
         except (KeyError, ValueError, UserError):
-            raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES[:2])}") from None
+            raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES[:-1])}") from None
         if int(steps) < 1 or int(batch) < 1:
             raise UserError("steps and batch size must be at least 1")
         patch = _triple(patch, int, "the patch size")
