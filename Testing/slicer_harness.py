@@ -31,7 +31,9 @@ Usage (pytest: use the ``slicer_scene`` fixture of ``Testing/conftest.py`` inste
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import types
 
@@ -168,6 +170,9 @@ class HeadlessApplication:
         self._harness = harness
         self._ioManager = HeadlessIOManager(harness)
         self.temporaryPath = tempfile.mkdtemp(prefix="slicer-harness-")
+        # like Slicer's own temporary folder, it goes with the process (work folders left in it are test failures
+        # reported elsewhere, not something to keep)
+        atexit.register(shutil.rmtree, self.temporaryPath, True)
 
     def coreIOManager(self):
         return self._ioManager

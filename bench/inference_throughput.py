@@ -49,7 +49,7 @@ def main():
     network = build_from_spec(spec, 1, 3).to(device).eval()
     hippocampus = load_dataset(os.path.join(DATA, "Task04_Hippocampus"))
     sets = {"hippocampus": ([read_channels(c.images, c.case_id) for c in hippocampus.cases[:args.cases]],
-                            [40, 56, 40], [1.0, 1.0, 1.0]),
+                            [32, 48, 32], [1.0, 1.0, 1.0]),
             "totalseg-ct": ([read_channels([os.path.join(DATA, "TotalSegmentator_example", "imagesTr",
                                                          "ts_ct_sm.nii.gz")], "ct")], [32, 96, 96], [3.0, 3.0, 3.0])}
     amp = device.type == "cuda"

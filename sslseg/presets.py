@@ -64,7 +64,7 @@ PRESETS = {
                     steps=2000, decoder_warmup=_PAPER_WARMUP, full_warmup=_PAPER_WARMUP, val_every=250),
     "cpu": Preset("cpu", "small ResEnc network, whole-crop patch, AdamW; for 2-8 CPU cores (15 minutes)",
                   arch="ResEncXS-cpu", steps=900, decoder_warmup=0.04, full_warmup=0.04, max_lr=2e-3, scratch_lr=3e-3,
-                  optimizer="adamw", weight_decay=1e-4, batch_size=2, max_patch_size=[40, 56, 40], val_every=150,
+                  optimizer="adamw", weight_decay=1e-4, batch_size=2, max_patch_size=[32, 48, 32], val_every=150,
                   foreground_oversampling=0.5, time_limit=900.0,
                   augment={"rotate_deg": 20.0, "rotate_p": 0.1, "scale": [0.8, 1.25], "scale_p": 0.1, "mirror_p": 0.5,
                            "intensity_p": 0.1}),

@@ -31,7 +31,7 @@ import shutil
 
 from sslseg.errors import UserError
 
-from SSLSegmentationLib.segmentationLogic import Job, _temporaryFolder
+from SSLSegmentationLib.segmentationLogic import Job, makeTemporaryFolder
 
 try:  # inside Slicer the logic is a ScriptedLoadableModuleLogic (parameter node support); plain object elsewhere
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -93,7 +93,7 @@ class SSLPretrainLogic(_LogicBase):
     def __init__(self, temporaryFolder=None):
         if _LogicBase is not object:
             _LogicBase.__init__(self)
-        self.temporaryFolder = temporaryFolder or _temporaryFolder
+        self.temporaryFolder = temporaryFolder or makeTemporaryFolder
         self.currentJob = None
 
     # -- parameters (inside Slicer) --

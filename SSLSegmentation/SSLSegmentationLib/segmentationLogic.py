@@ -52,7 +52,8 @@ def engineCommand(args):
     return pythonModuleCommand("sslseg", args)
 
 
-def _temporaryFolder(prefix):
+def makeTemporaryFolder(prefix):
+    """A new work folder under Slicer's temporary path (the system's outside Slicer); shared by both modules."""
     parent = None
     try:
         import slicer
@@ -205,7 +206,7 @@ class SSLSegmentationLogic(_LogicBase):
         initialModelPath = self.resolveModel(initialModel) if initialModel else None
         modelName = self.modelStore.uniqueName(modelName or self._defaultModelName(segmentNames, backbone))
 
-        work = _temporaryFolder("SSLSegmentation-finetune-")
+        work = makeTemporaryFolder("SSLSegmentation-finetune-")
         try:
             dataset = os.path.join(work, "dataset")
             labels = self._exportDataset(pairs, segmentNames, dataset, modality)
@@ -427,7 +428,7 @@ class SSLSegmentationLogic(_LogicBase):
 
         from . import nodeBridge
 
-        work = _temporaryFolder("SSLSegmentation-segment-")
+        work = makeTemporaryFolder("SSLSegmentation-segment-")
         try:
             inputFile = nodeBridge.writeVolume(inputVolumeNode, os.path.join(work, "input", "volume_0000.nii.gz"))
         except BaseException:
