@@ -81,3 +81,20 @@ def test_every_engine_module_imports_without_slicer_vtk_qt(tmp_path):
     ours = [name for name in report["attempts"] if name.split(".")[0] in ("slicer", "vtk", "qt")]
     assert ours == [], (f"importing the engine tried to import {ours} (our code, or a library's optional import on "
                         "the way: the engine must not depend on them)")
+
+
+def test_api_functions_stay_callable_after_their_module_is_imported():
+    # ``import sslseg.finetune`` makes Python set the package attribute ``finetune`` to the module, replacing the
+    # lazily exported function of the same name; CI once failed on exactly this import order
+    code = textwrap.dedent(
+        """
+        import sslseg.finetune, sslseg.pretrain, sslseg
+        assert callable(sslseg.finetune) and callable(sslseg.pretrain)
+        try:
+            sslseg.finetune(out=None)
+        except Exception as error:  # the function ran: it refuses a missing output folder
+            print(type(error).__name__, error)
+        """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "UserError" in result.stdout and "--out" in result.stdout
