@@ -140,7 +140,7 @@ class HeadlessIOManager:
     def saveNodes(self, fileType, properties, userMessages=None):
         """Like Slicer's node writer: the node's storage node (a default one is added when missing) writes the
         file; ``useCompression`` as in Slicer."""
-        import slicer
+        import vtk
 
         scene = self._harness.scene
         node = scene.GetNodeByID(properties["nodeID"])

@@ -2,7 +2,6 @@
 loaded network's tensors are compared with the checkpoint's."""
 
 import json
-import os
 
 import pytest
 import torch

@@ -3,7 +3,6 @@ import os
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from sslseg.datasets import dataset_from_lists, load_dataset
 from sslseg.errors import UserError

@@ -13,7 +13,9 @@ from SSLSegmentationLib.parameters import FIELDS, FIELD_NAMES
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(REPO_ROOT, "SSLSegmentation")
 UI_FILE = os.path.join(MODULE, "Resources", "UI", "SSLSegmentation.ui")
-CODE_FILES = [os.path.join(MODULE, "SSLSegmentation.py"), os.path.join(MODULE, "SSLSegmentationLib", "widget.py")]
+# the panel code, with the base class both modules' panels share
+CODE_FILES = [os.path.join(MODULE, "SSLSegmentation.py"), os.path.join(MODULE, "SSLSegmentationLib", "widget.py"),
+              os.path.join(MODULE, "SSLSegmentationLib", "panelBase.py")]
 
 # what the widget code calls on each widget, by class (so that e.g. .currentNode() is not used on a QComboBox)
 QT_OR_SLICER = re.compile(r"^(Q|q|ctk)\w+$")

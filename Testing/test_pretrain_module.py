@@ -19,7 +19,9 @@ from sslseg.errors import UserError
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(REPO_ROOT, "SSLPretrain")
 UI_FILE = os.path.join(MODULE, "Resources", "UI", "SSLPretrain.ui")
-CODE_FILES = [os.path.join(MODULE, "SSLPretrain.py"), os.path.join(MODULE, "SSLPretrainLib", "widget.py")]
+# the panel code, with the base class it shares with the SSLSegmentation panel
+CODE_FILES = [os.path.join(MODULE, "SSLPretrain.py"), os.path.join(MODULE, "SSLPretrainLib", "widget.py"),
+              os.path.join(REPO_ROOT, "SSLSegmentation", "SSLSegmentationLib", "panelBase.py")]
 CASES = ["hippocampus_006", "hippocampus_007", "hippocampus_011", "hippocampus_014"]
 TINY = dict(arch="ResEncT-test", steps=8, batch=2, patch=16, device="cpu")
 

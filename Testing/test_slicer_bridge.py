@@ -62,8 +62,6 @@ def test_nifti_volume_matches_simpleitk(bridge, hippocampus_dir):
 
 
 def test_oblique_volume_matches_simpleitk(bridge, hippocampus_dir, tmp_path):
-    import slicer
-
     image_path, _ = _paths(hippocampus_dir)
     image = sitk.ReadImage(image_path)
     image.SetDirection(tuple(_rotation([1, 2, 3], 27).ravel()))

@@ -28,7 +28,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time

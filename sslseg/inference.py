@@ -175,8 +175,6 @@ def predict(model, inputs, output, device: str = "auto", overlap: float = 0.5, t
     """Segment ``inputs`` (a file, folder, or list) with ``model`` (a folder, a packed ``.sslmodel`` file, or a
     loaded ``Model``) and write the results into the folder ``output``. Returns the list of written files.
     ``tta`` (mirroring) defaults to on with CUDA and off on CPU, where it costs 8 times the time."""
-    import torch
-
     from sslseg.imageio import write_image
     from sslseg.model_folder import Model, load_model
     from sslseg.segfile import write_seg_nrrd

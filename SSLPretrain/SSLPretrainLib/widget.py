@@ -13,11 +13,11 @@ import logging
 import qt
 import slicer
 import vtk
-from slicer.util import VTKObservationMixin
 
 from sslseg.errors import UserError
 
-from SSLSegmentationLib.installLogic import InstallError, InstallLogic
+from SSLSegmentationLib.installLogic import InstallLogic
+from SSLSegmentationLib.panelBase import ModulePanelBase, formatSeconds
 from SSLSegmentationLib.processRunner import ProcessFailed
 from SSLSegmentationLib.progressChart import ProgressChart
 
@@ -33,31 +33,13 @@ except ImportError:  # Slicer < 5.4
 CPU_ARCHITECTURE, CPU_PATCH = "ResEncS-cpu", 64
 
 
-def _formatSeconds(seconds):
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
-
-
-class SSLPretrainWidgetImpl(VTKObservationMixin):
+class SSLPretrainWidgetImpl(ModulePanelBase):
     """Created by ``SSLPretrainWidget.setup`` (the module file) with the scripted module widget."""
 
-    def __init__(self, moduleWidget):
-        VTKObservationMixin.__init__(self)
-        self.moduleWidget = moduleWidget
-        self.logic = SSLPretrainLogic()
-        self.installLogic = InstallLogic.forEngine("SSLPretrain")
-        self.parameterNode = None
-        self._parameterNodeGuiTag = None
-        self.chart = None
-        self.job = None
+    uiFile = "UI/SSLPretrain.ui"
 
-        uiWidget = slicer.util.loadUI(moduleWidget.resourcePath("UI/SSLPretrain.ui"))
-        moduleWidget.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+    def __init__(self, moduleWidget):
+        ModulePanelBase.__init__(self, moduleWidget, SSLPretrainLogic(), InstallLogic.forEngine("SSLPretrain"))
 
         self.ui.inputVolumesSelector.checkedNodesChanged.connect(self.onVolumesChecked)
         self.ui.sceneVolumesRadioButton.toggled.connect(self.onSourceChanged)
@@ -70,42 +52,11 @@ class SSLPretrainWidgetImpl(VTKObservationMixin):
         self.ui.showChartButton.clicked.connect(self.showChart)
         self.ui.copyCommandButton.clicked.connect(self.onCopyCommand)
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
         self.updateDeviceNote()
         self.updateButtons()
 
     # -- parameter node --
-
-    def cleanup(self):
-        if self.job is not None and self.job.status == "running":
-            self.job.cancel()
-        self.removeObservers()
-        self._disconnectParameterNode()
-
-    def enter(self):
-        self.initializeParameterNode()
-
-    def exit(self):
-        self._disconnectParameterNode()
-
-    def onSceneStartClose(self, caller, event):
-        self._disconnectParameterNode()
-        self.chart = None
-
-    def onSceneEndClose(self, caller, event):
-        if self.moduleWidget.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def _disconnectParameterNode(self):
-        if self.parameterNode is not None and self._parameterNodeGuiTag is not None:
-            self.parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self.parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def setParameterNode(self, parameterNode: SSLPretrainParameterNode):
         self._disconnectParameterNode()
@@ -134,10 +85,6 @@ class SSLPretrainWidgetImpl(VTKObservationMixin):
     def onParameterNodeModified(self, caller=None, event=None):
         self.updateServerCommand()
         self.updateButtons()
-
-    def _setParameter(self, name, value):
-        if self.parameterNode is not None and getattr(self.parameterNode, name) != value:
-            setattr(self.parameterNode, name, value)  # -> onParameterNodeModified
 
     # -- images --
 
@@ -188,21 +135,10 @@ class SSLPretrainWidgetImpl(VTKObservationMixin):
                 pass
         self.ui.deviceNoteLabel.setText(note)
 
-    def _ensureDependencies(self):
-        """True when the engine's packages are installed (asks once and installs what is missing)."""
-        try:
-            if not self.installLogic.ensure():
-                return False
-        except InstallError as error:
-            slicer.util.errorDisplay(str(error), windowTitle=_("Python packages"))
-            return False
-        self.updateDeviceNote()
-        return True
-
     # -- the run --
 
     def updateButtons(self):
-        running = self.job is not None and self.job.status == "running"
+        running = self.isRunning()
         self.ui.startButton.text = _("Cancel") if running else _("Start pretraining")
         hasImages = False
         if self.parameterNode is not None:
@@ -212,9 +148,6 @@ class SSLPretrainWidgetImpl(VTKObservationMixin):
         for widget in (self.ui.imagesCollapsibleButton, self.ui.methodComboBox, self.ui.architectureComboBox,
                        self.ui.backboneNameLineEdit):
             widget.enabled = not running
-
-    def appendLog(self, text):
-        self.ui.logTextEdit.appendPlainText(text)
 
     def onProgressEvent(self, event):
         kind = event.get("event")
@@ -229,7 +162,7 @@ class SSLPretrainWidgetImpl(VTKObservationMixin):
             loss = event.get("loss")
             self.ui.statusLabel.setText(_("step {step}/{total}{loss}, {eta} left").format(
                 step=event["step"], total=event["total"], loss=f", loss {loss:.4f}" if isinstance(loss, float) else "",
-                eta=_formatSeconds(event.get("eta"))))
+                eta=formatSeconds(event.get("eta"))))
         elif kind == "validation" and isinstance(event.get("loss"), float):
             self.appendLog(_("Validation loss at step {step}: {loss:.4f}").format(step=event.get("step"),
                                                                                  loss=event["loss"]))
@@ -237,7 +170,7 @@ class SSLPretrainWidgetImpl(VTKObservationMixin):
             self.chart.addEvent(event)
 
     def onStartOrCancel(self):
-        if self.job is not None and self.job.status == "running":
+        if self.isRunning():
             self.job.cancel()
             return
         if not self._ensureDependencies():
@@ -287,10 +220,6 @@ class SSLPretrainWidgetImpl(VTKObservationMixin):
                 impl.refreshBackbones()
             except Exception:  # noqa: BLE001 - a stale list is no reason to report the run as failed
                 logging.exception("SSLPretrain: could not refresh the SSL Segmentation backbone list")
-
-    def showChart(self):
-        if self.chart is not None:
-            slicer.modules.plots.logic().ShowChartInLayout(self.chart.chartNode)
 
     # -- server command --
 

@@ -12,12 +12,12 @@ import os
 
 import qt
 import slicer
-from slicer.util import VTKObservationMixin
 
 from sslseg.errors import UserError
 
-from .installLogic import InstallError, InstallLogic
+from .installLogic import InstallLogic
 from .modelStore import checkModelName
+from .panelBase import ModulePanelBase, formatSeconds
 from .parameters import SSLSegmentationParameterNode
 from .processRunner import ProcessFailed
 from .progressChart import ProgressChart
@@ -34,32 +34,15 @@ PHASES = {"decoder_warmup": _("decoder warm-up (encoder frozen)"), "full_warmup"
           "poly": _("training"), "train": _("training"), "predict": _("segmenting"), "download": _("downloading")}
 
 
-def _formatSeconds(seconds):
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
-
-
-class SSLSegmentationWidgetImpl(VTKObservationMixin):
+class SSLSegmentationWidgetImpl(ModulePanelBase):
     """Created by ``SSLSegmentationWidget.setup`` (the module file) with the scripted module widget."""
 
-    def __init__(self, moduleWidget):
-        VTKObservationMixin.__init__(self)
-        self.moduleWidget = moduleWidget
-        self.logic = SSLSegmentationLogic()
-        self.installLogic = InstallLogic.forEngine("SSLSegmentation")
-        self.parameterNode = None
-        self._parameterNodeGuiTag = None
-        self.chart = None
-        self.job = None
-        self._backbones = {}
+    uiFile = "UI/SSLSegmentation.ui"
 
-        uiWidget = slicer.util.loadUI(moduleWidget.resourcePath("UI/SSLSegmentation.ui"))
-        moduleWidget.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+    def __init__(self, moduleWidget):
+        ModulePanelBase.__init__(self, moduleWidget, SSLSegmentationLogic(),
+                                 InstallLogic.forEngine("SSLSegmentation"))
+        self._backbones = {}
         for table in (self.ui.backboneTable, self.ui.trainingPairsTable):
             table.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
             table.verticalHeader().hide()
@@ -85,8 +68,6 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
         self.ui.segmentButton.clicked.connect(self.onSegmentOrCancel)
         self.ui.addCorrectedCaseButton.clicked.connect(self.onAddCorrectedCase)
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
         self.refreshBackbones()
         self.refreshModels()
@@ -95,34 +76,9 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
 
     # -- parameter node --
 
-    def cleanup(self):
-        if self.job is not None and self.job.status == "running":
-            self.job.cancel()
-        self.removeObservers()
-        self._disconnectParameterNode()
-
     def enter(self):
-        self.initializeParameterNode()
+        ModulePanelBase.enter(self)
         self.refreshModels()
-
-    def exit(self):
-        self._disconnectParameterNode()
-
-    def onSceneStartClose(self, caller, event):
-        self._disconnectParameterNode()
-        self.chart = None
-
-    def onSceneEndClose(self, caller, event):
-        if self.moduleWidget.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def _disconnectParameterNode(self):
-        if self.parameterNode is not None and self._parameterNodeGuiTag is not None:
-            self.parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
 
     def setParameterNode(self, parameterNode: SSLSegmentationParameterNode):
         self._disconnectParameterNode()
@@ -133,10 +89,6 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
         self.ui.presetComboBox.setCurrentText(parameterNode.preset)
         self.ui.deviceComboBox.setCurrentText(parameterNode.device)
         self.refreshPairs()
-
-    def _setParameter(self, name, value):
-        if self.parameterNode is not None and getattr(self.parameterNode, name) != value:
-            setattr(self.parameterNode, name, value)
 
     # -- backbones --
 
@@ -314,17 +266,6 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
     def onDeviceChanged(self, text):
         self._setParameter("device", text)
 
-    def _ensureDependencies(self):
-        """True when the engine's packages are installed (asks once and installs what is missing)."""
-        try:
-            if not self.installLogic.ensure():
-                return False
-        except InstallError as error:
-            slicer.util.errorDisplay(str(error), windowTitle=_("Python packages"))
-            return False
-        self.updateDeviceNote()
-        return True
-
     def _startJob(self, start):
         try:
             self.job = start()
@@ -343,7 +284,7 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
             self.ui.statusLabel.setText(_("Cancelled: nothing was changed."))
 
     def updateButtons(self):
-        running = self.job is not None and self.job.status == "running"
+        running = self.isRunning()
         kind = self.job.kind if running else None
         self.ui.finetuneButton.text = _("Cancel") if kind == "fine-tuning" else _("Fine-tune")
         self.ui.segmentButton.text = _("Cancel") if kind == "segmentation" else _("Segment")
@@ -355,9 +296,6 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
         entry = self.selectedBackbone()
         self.ui.downloadBackboneButton.enabled = (not running and entry is not None and entry["name"] != SCRATCH
                                                   and not entry.get("cached"))
-
-    def appendLog(self, text):
-        self.ui.logTextEdit.appendPlainText(text)
 
     def onProgressEvent(self, event):
         kind = event.get("event")
@@ -372,7 +310,7 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
                 _("{phase}: step {step}/{total}{loss}, {eta} left").format(
                     phase=PHASES.get(event.get("phase"), event.get("phase")), step=event["step"],
                     total=event["total"], loss=f", loss {loss:.3f}" if isinstance(loss, float) else "",
-                    eta=_formatSeconds(event.get("eta"))))
+                    eta=formatSeconds(event.get("eta"))))
         elif kind == "validation":
             dice = ", ".join(f"{name} {value:.3f}" for name, value in (event.get("dice") or {}).items())
             self.appendLog(_("Validation Dice at step {step}: {dice}").format(step=event.get("step"), dice=dice))
@@ -380,7 +318,7 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
             self.chart.addEvent(event)
 
     def onFinetuneOrCancel(self):
-        if self.job is not None and self.job.status == "running":
+        if self.isRunning():
             self.job.cancel()
             return
         if not self._ensureDependencies():
@@ -410,10 +348,6 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
             onLog=self.appendLog, onFinished=onFinished))
         if self.job is not None:
             self.showChart()
-
-    def showChart(self):
-        if self.chart is not None:
-            slicer.modules.plots.logic().ShowChartInLayout(self.chart.chartNode)
 
     # -- models --
 
@@ -488,7 +422,7 @@ class SSLSegmentationWidgetImpl(VTKObservationMixin):
     # -- segmentation --
 
     def onSegmentOrCancel(self):
-        if self.job is not None and self.job.status == "running":
+        if self.isRunning():
             self.job.cancel()
             return
         p = self.parameterNode

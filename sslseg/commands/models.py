@@ -9,7 +9,6 @@ Examples::
     sslseg models inspect my-s3d --json
 """
 
-import argparse
 import json
 import sys
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from dataclasses import asdict, dataclass, field
 
 from sslseg.errors import UserError
