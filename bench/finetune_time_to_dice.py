@@ -36,7 +36,7 @@ def split_cases(data, train, val, test, seed):
     return dataset, order[:train], order[train:train + val], order[train + val:train + val + test]
 
 
-def test_dice(model_dir, dataset, test_ids, tta=False):
+def test_dice(model_dir, dataset, test_ids, tta=False, device="cpu"):
     """Mean Dice per label on the original grids of the test cases, through the product's predict path."""
     import torch
 
@@ -46,7 +46,7 @@ def test_dice(model_dir, dataset, test_ids, tta=False):
     from sslseg.preprocessing import read_channels, read_label
 
     model = load_model(model_dir)
-    device = torch.device("cpu")
+    device = torch.device(device)
     model.network.to(device).eval()
     values = model.label_values_array()
     by_id = {case.case_id: case for case in dataset.cases}
@@ -83,6 +83,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-lr", type=float)
     parser.add_argument("--optimizer", choices=("sgd", "adamw"))
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (GPU runs also report memory peaks)")
     parser.add_argument("--keep", choices=("best", "last"), default="last")
     parser.add_argument("--tta", action="store_true", help="mirroring TTA for the test Dice")
     parser.add_argument("--label", default="", help="name of this run in the output")
@@ -96,23 +97,34 @@ def main(argv=None):
     dataset, train_ids, val_ids, test_ids = split_cases(args.data, args.train, args.val, args.test, args.split_seed)
     import torch
 
+    from sslseg.inference import resolve_device
+
+    device, _ = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    memory = {}
+
     with tempfile.TemporaryDirectory() as scratch:
         out = args.keep_model or os.path.join(scratch, "model")
         started = time.monotonic()
-        finetune(args.backbone, data=args.data, out=out, preset=args.preset, device="cpu", steps=args.steps,
+        finetune(args.backbone, data=args.data, out=out, preset=args.preset, device=str(device), steps=args.steps,
                  seed=args.seed, progress=Reporter("bar", prefix=args.label or "bench"), time_limit=args.time_limit,
                  batch_size=args.batch_size, patch_size=args.patch, max_lr=args.max_lr, optimizer=args.optimizer,
                  train_case_ids=train_ids, val_case_ids=val_ids, keep_best=args.keep == "best", arch=args.arch)
         seconds = time.monotonic() - started
+        if cuda:
+            memory["train_peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+            torch.cuda.reset_peak_memory_stats(device)
         meta = json.load(open(os.path.join(out, "model.json")))
-        result = test_dice(out, dataset, test_ids, tta=args.tta)
+        result = test_dice(out, dataset, test_ids, tta=args.tta, device=device)
+        if cuda:
+            memory["inference_peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
     record = {
         "label": args.label, "backbone": args.backbone, "preset": args.preset,
         "finetune_seconds": round(seconds, 1), "steps": meta["recipe"]["steps_run"],
         "patch": meta["patch_size"], "batch": meta["recipe"]["batch_size"], "optimizer": meta["recipe"]["optimizer"],
         "max_lr": meta["recipe"]["schedule"]["max_lr"], "network": meta["network"]["name"],
         "history": [(h["seconds"], round(h["mean_dice"], 4)) for h in meta["validation"]["history"]],
-        "test_dice": result, "train_cases": train_ids, "val_cases": val_ids, "test_cases": len(test_ids),
+        "test_dice": result, "device": str(device), **memory, "train_cases": train_ids, "val_cases": val_ids, "test_cases": len(test_ids),
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, torch threads "
                    f"{torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}",
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),

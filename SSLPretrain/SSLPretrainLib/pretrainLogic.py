@@ -32,6 +32,7 @@ import shutil
 from sslseg.errors import UserError
 
 from SSLSegmentationLib.segmentationLogic import Job, makeTemporaryFolder
+from SSLSegmentationLib.settings import applyHomeFolder, defaultDevice
 
 try:  # inside Slicer the logic is a ScriptedLoadableModuleLogic (parameter node support); plain object elsewhere
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -94,6 +95,7 @@ class SSLPretrainLogic(_LogicBase):
         if _LogicBase is not object:
             _LogicBase.__init__(self)
         self.temporaryFolder = temporaryFolder or makeTemporaryFolder
+        applyHomeFolder()  # the HomeFolder setting becomes SSLSEG_HOME: the backbone is registered there
         self.currentJob = None
 
     # -- parameters (inside Slicer) --
@@ -189,7 +191,7 @@ class SSLPretrainLogic(_LogicBase):
     # -- pretraining --
 
     def pretrain(self, method="s3d", volumeNodes=None, imageFolder=None, arch="ResEncL", steps=10000, batch=2,
-                 patch=160, spacing=1.0, device="auto", backboneName=None, modality=None, seed=0,
+                 patch=160, spacing=1.0, device=None, backboneName=None, modality=None, seed=0,
                  waitForCompletion=False, onProgress=None, onLog=None, onFinished=None, extraArgs=None):
         """Pretrain a backbone on ``volumeNodes`` (scalar volume nodes of the scene) or on the images under
         ``imageFolder`` (NIfTI/NRRD/MHA, searched recursively, or a text file listing image paths) and register it
@@ -203,6 +205,7 @@ class SSLPretrainLogic(_LogicBase):
 
         Returns the registered backbone name (``waitForCompletion=True``) or a :class:`Job` whose ``result`` it is.
         Nothing is registered unless training finished; the input volumes are never modified."""
+        device = device or defaultDevice()  # None: the Device setting (auto when unset)
         patch, spacing = self._checkOptions(method, arch, steps, batch, patch, spacing, device)
         nodes = self._checkVolumes(volumeNodes)
         if nodes and imageFolder:

@@ -47,7 +47,7 @@ class SSLPretrainWidgetImpl(ModulePanelBase):
         self.ui.imageFolderPathLineEdit.currentPathChanged.connect(self.onImageFolderChanged)
         self.ui.methodComboBox.currentTextChanged.connect(lambda text: self._setParameter("method", text))
         self.ui.architectureComboBox.currentTextChanged.connect(self.onArchitectureChanged)
-        self.ui.deviceComboBox.currentTextChanged.connect(lambda text: self._setParameter("device", text))
+        self.ui.deviceComboBox.currentTextChanged.connect(self.onDeviceChanged)
         self.ui.startButton.clicked.connect(self.onStartOrCancel)
         self.ui.showChartButton.clicked.connect(self.showChart)
         self.ui.copyCommandButton.clicked.connect(self.onCopyCommand)
@@ -68,7 +68,7 @@ class SSLPretrainWidgetImpl(ModulePanelBase):
         self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self.ui.methodComboBox.setCurrentText(parameterNode.method)
         self.ui.architectureComboBox.setCurrentText(parameterNode.architecture)
-        self.ui.deviceComboBox.setCurrentText(parameterNode.device)
+        self.ui.deviceComboBox.setCurrentText(self.initialDevice())
         self.ui.imageFolderPathLineEdit.currentPath = parameterNode.imageFolder
         (self.ui.imageFolderRadioButton if parameterNode.useImageFolder else self.ui.sceneVolumesRadioButton) \
             .setChecked(True)

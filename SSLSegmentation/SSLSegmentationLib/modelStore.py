@@ -27,7 +27,8 @@ import time
 
 from sslseg.errors import UserError
 
-SETTINGS_KEY = "SSLSegmentation/ModelsFolder"
+from .settings import readSetting
+
 MODEL_JSON = "model.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$")
 
@@ -36,16 +37,11 @@ def engineHome():
     return os.path.abspath(os.path.expanduser(os.environ.get("SSLSEG_HOME") or os.path.join("~", ".sslseg")))
 
 
-def defaultModelsFolder():
-    """The Slicer setting where set (inside Slicer), else ``$SSLSEG_HOME/models``."""
-    try:
-        import qt
-
-        value = qt.QSettings().value(SETTINGS_KEY)
-        if value:
-            return os.path.abspath(os.path.expanduser(str(value)))
-    except (ImportError, AttributeError):
-        pass
+def defaultModelsFolder(settings=None):
+    """The ``ModelsFolder`` Slicer setting where set (inside Slicer), else ``$SSLSEG_HOME/models``."""
+    value = readSetting("ModelsFolder", settings)
+    if value:
+        return os.path.abspath(os.path.expanduser(value))
     return os.path.join(engineHome(), "models")
 
 

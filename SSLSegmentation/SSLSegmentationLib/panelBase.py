@@ -11,6 +11,7 @@ import slicer
 from slicer.util import VTKObservationMixin
 
 from .installLogic import InstallError
+from .settings import defaultDevice, writeSetting
 
 try:
     from slicer.i18n import tr as _
@@ -91,6 +92,15 @@ class ModulePanelBase(VTKObservationMixin):
     def _setParameter(self, name, value):
         if self.parameterNode is not None and getattr(self.parameterNode, name) != value:
             setattr(self.parameterNode, name, value)
+
+    def initialDevice(self):
+        """The scene's choice when it made one, else the Device setting (the last choice made in either panel)."""
+        device = self.parameterNode.device if self.parameterNode is not None else "auto"
+        return device if device != "auto" else defaultDevice()
+
+    def onDeviceChanged(self, text):
+        self._setParameter("device", text)
+        writeSetting("Device", text)  # remembered for the next scene and session
 
     # -- runs --
 

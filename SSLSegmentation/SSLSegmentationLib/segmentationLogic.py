@@ -36,6 +36,7 @@ from sslseg.errors import UserError
 
 from .modelStore import ModelStore, suggestModelName
 from .processRunner import ProcessCancelled, ProcessFailed, ProcessRunner, pythonModuleCommand
+from .settings import applyHomeFolder, defaultDevice
 
 try:  # inside Slicer the logic is a ScriptedLoadableModuleLogic (parameter node support); plain object elsewhere
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -147,6 +148,7 @@ class SSLSegmentationLogic(_LogicBase):
     def __init__(self, modelsFolder=None):
         if _LogicBase is not object:
             _LogicBase.__init__(self)
+        applyHomeFolder()  # the HomeFolder setting becomes SSLSEG_HOME (backbone cache) before anything reads it
         self.modelStore = ModelStore(modelsFolder)
         self.trainingPairs = []  # (volumeNode, segmentationNode) collected by addCorrectedCase and the widget
         self.currentJob = None
@@ -180,7 +182,7 @@ class SSLSegmentationLogic(_LogicBase):
 
     # -- fine-tuning --
 
-    def finetune(self, backbone, trainingPairs, segmentNames=None, preset="quick", device="auto",
+    def finetune(self, backbone, trainingPairs, segmentNames=None, preset="quick", device=None,
                  validationShare=None, initialModel=None, modelName=None, steps=None, timeLimit=None, seed=0,
                  modality="auto", patchSize=None, batchSize=None, maxLr=None, waitForCompletion=False,
                  onEvent=None, onLog=None, onFinished=None):
@@ -201,6 +203,7 @@ class SSLSegmentationLogic(_LogicBase):
         segmentNames = self._segmentNamesFor(pairs, segmentNames)
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS[:4])}")
+        device = device or defaultDevice()  # None: the Device setting (auto when unset)
         if device not in DEVICES and not str(device).startswith("cuda:"):
             raise UserError(f"unknown device {device!r}; choose auto, cuda or cpu")
         initialModelPath = self.resolveModel(initialModel) if initialModel else None
@@ -409,7 +412,7 @@ class SSLSegmentationLogic(_LogicBase):
         with zipfile.ZipFile(modelPath) as archive:
             return json.loads(archive.read("model.json").decode("utf-8"))["labels"]
 
-    def segment(self, model, inputVolumeNode, tta=False, device="auto", outputName=None, waitForCompletion=False,
+    def segment(self, model, inputVolumeNode, tta=False, device=None, outputName=None, waitForCompletion=False,
                 onEvent=None, onLog=None, onFinished=None):
         """Segment ``inputVolumeNode`` with ``model`` (name in the models folder, folder or ``.sslmodel`` path).
         The result is a NEW segmentation node with the model's segment names and colours on the input's geometry,
@@ -418,6 +421,7 @@ class SSLSegmentationLogic(_LogicBase):
         Returns the segmentation node (``waitForCompletion=True``) or a :class:`Job` whose ``result`` it is."""
         if inputVolumeNode is None or not inputVolumeNode.IsA("vtkMRMLScalarVolumeNode"):
             raise UserError("choose an input volume")
+        device = device or defaultDevice()  # None: the Device setting (auto when unset)
         if device not in DEVICES and not str(device).startswith("cuda:"):
             raise UserError(f"unknown device {device!r}; choose auto, cuda or cpu")
         modelPath = self.resolveModel(model)

@@ -87,7 +87,7 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
             return
         self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
         self.ui.presetComboBox.setCurrentText(parameterNode.preset)
-        self.ui.deviceComboBox.setCurrentText(parameterNode.device)
+        self.ui.deviceComboBox.setCurrentText(self.initialDevice())
         self.refreshPairs()
 
     # -- backbones --
@@ -262,9 +262,6 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
             except ImportError:
                 pass
         self.ui.deviceNoteLabel.setText(note)
-
-    def onDeviceChanged(self, text):
-        self._setParameter("device", text)
 
     def _startJob(self, start):
         try:
