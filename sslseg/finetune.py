@@ -535,6 +535,7 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
     train_started = time.monotonic()
     last_emit = 0.0
     validation_seconds = 0.0
+    timing = {"step": 0, "time": train_started, "validation": 0.0}  # where the speed measurement starts
     losses = []
     while step < schedule.total:
         if frozen and not schedule.encoder_frozen(step):
@@ -543,6 +544,8 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
             optim.add_param_group({"params": [p for _, p in encoder_params]})
             frozen = False
             reporter.log(f"step {step}: encoder unfrozen, whole-network warm-up")
+            # whole-network steps cost more than decoder-only ones (measured: ~2x on CPU): time them afresh
+            timing = {"step": step, "time": time.monotonic(), "validation": validation_seconds}
         lr = schedule.lr(step)
         for group in optim.param_groups:
             group["lr"] = lr
@@ -567,9 +570,11 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
 
         # a time limit fixes the run's length from the measured speed, after a short calibration, and corrects it
         # at each validation (whose cost is then known)
-        if limit and (step == CALIBRATION_STEPS or (step > CALIBRATION_STEPS and step % val_every == 0)):
-            spent = time.monotonic() - train_started
-            per_step = (spent - validation_seconds) / step
+        measured = step - timing["step"]
+        if limit and measured > 0 and (step == CALIBRATION_STEPS or measured == CALIBRATION_STEPS or
+                                       (step > CALIBRATION_STEPS and step % val_every == 0)):
+            spent = time.monotonic() - timing["time"]
+            per_step = (spent - (validation_seconds - timing["validation"])) / measured
             validations = step // val_every
             per_step += (validation_seconds / validations if validations else
                          _validation_guess(per_step, val_prepared, patch, batch)) / val_every if val_prepared else 0.0
