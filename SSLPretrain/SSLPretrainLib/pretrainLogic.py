@@ -31,7 +31,7 @@ import shutil
 
 from sslseg.errors import UserError
 
-from SSLSegmentationLib.segmentationLogic import Job, makeTemporaryFolder
+from SSLSegmentationLib.segmentationLogic import Job, JobOwner, makeTemporaryFolder
 from SSLSegmentationLib.settings import applyHomeFolder, defaultDevice
 
 try:  # inside Slicer the logic is a ScriptedLoadableModuleLogic (parameter node support); plain object elsewhere
@@ -85,7 +85,7 @@ class PretrainJob(Job):
         Job._processFinished(self, runner)
 
 
-class SSLPretrainLogic(_LogicBase):
+class SSLPretrainLogic(JobOwner, _LogicBase):
     """Pretraining from the scene or a folder, callable from the console (see the module docstring).
 
     ``temporaryFolder``: a callable ``prefix -> new folder`` for the work folders (default: Slicer's temporary
@@ -280,20 +280,3 @@ class SSLPretrainLogic(_LogicBase):
                             batch=int(batch), patch=patch, spacing=spacing, processes=max(int(processes), 1),
                             nodes=max(int(nodes), 1))
 
-    # -- running --
-
-    def _refuseIfRunning(self):
-        if self.currentJob is not None and self.currentJob.status == "running" and self.currentJob.poll():
-            raise UserError("a pretraining run is still running: wait for it or cancel it first")
-
-    def _run(self, job, waitForCompletion):
-        self.currentJob = job
-        if waitForCompletion:
-            job.start(autoPoll=False)
-            return job.waitForCompletion()
-        return job.start()
-
-    def cancel(self):
-        """Cancel the running pretraining (its process tree is killed; nothing is registered)."""
-        if self.currentJob is not None and self.currentJob.status == "running":
-            self.currentJob.cancel()

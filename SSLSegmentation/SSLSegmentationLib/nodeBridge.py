@@ -405,6 +405,19 @@ def checkNrrdFile(path):
         raise bad(f"it holds {received} bytes of voxel data, its header announces {expected}")
 
 
+def _checkFileComplete(path):
+    """UserError for a truncated or damaged NRRD/NIfTI, before Slicer's readers see it; returns the path."""
+    path = os.fspath(path)
+    lower = path.lower()
+    if lower.endswith((".nrrd", ".nhdr")):
+        checkNrrdFile(path)
+    elif lower.endswith((".nii", ".nii.gz")):
+        from sslseg.imageio import check_nifti_complete
+
+        check_nifti_complete(path)  # ITK would read a truncated NIfTI silently as zeros
+    return path
+
+
 def loadSegmentationFile(path, name=None):
     """Load a segmentation file (``.seg.nrrd``, or a label image) as a new segmentation node, after checking that
     a ``.seg.nrrd``/``.nrrd`` is complete (see ``checkNrrdFile``), so that a damaged file gives a UserError instead
@@ -414,14 +427,7 @@ def loadSegmentationFile(path, name=None):
 
         node = nodeBridge.loadSegmentationFile("/data/case_001.seg.nrrd")
     """
-    path = os.fspath(path)
-    lower = path.lower()
-    if lower.endswith((".nrrd", ".nhdr")):
-        checkNrrdFile(path)
-    elif lower.endswith((".nii", ".nii.gz")):
-        from sslseg.imageio import check_nifti_complete
-
-        check_nifti_complete(path)  # ITK would read a truncated NIfTI silently as zeros
+    path = _checkFileComplete(path)
     properties = {"name": name} if name else {}
     try:
         return slicer.util.loadSegmentation(path, properties)
@@ -437,14 +443,7 @@ def loadVolumeFile(path, name=None, labelmap=False):
 
         volume = nodeBridge.loadVolumeFile("/data/imagesTs/case_0000.nii.gz")
     """
-    path = os.fspath(path)
-    lower = path.lower()
-    if lower.endswith((".nrrd", ".nhdr")):
-        checkNrrdFile(path)
-    elif lower.endswith((".nii", ".nii.gz")):
-        from sslseg.imageio import check_nifti_complete
-
-        check_nifti_complete(path)  # ITK would read a truncated NIfTI silently as zeros
+    path = _checkFileComplete(path)
     properties = {"labelmap": bool(labelmap)}
     if name:
         properties["name"] = name

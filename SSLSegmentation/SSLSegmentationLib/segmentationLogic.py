@@ -142,7 +142,36 @@ class Job:
         return self.result
 
 
-class SSLSegmentationLogic(_LogicBase):
+class JobOwner:
+    """One background job at a time: what the logics of both modules share."""
+
+    currentJob = None
+
+    def _refuseIfRunning(self):
+        job = self.currentJob
+        if job is not None and job.status == "running" and job.poll():
+            raise UserError(f"{job.kind} is still running: wait for it or cancel it first")
+
+    def _run(self, job, waitForCompletion):
+        try:
+            self._refuseIfRunning()
+        except UserError:
+            if job.workFolder:  # the refused job's inputs were already written out
+                shutil.rmtree(job.workFolder, ignore_errors=True)
+            raise
+        self.currentJob = job
+        if waitForCompletion:
+            job.start(autoPoll=False)
+            return job.waitForCompletion()
+        return job.start()
+
+    def cancel(self):
+        """Cancel the running job: its process tree is killed; nothing is registered or added to the scene."""
+        if self.currentJob is not None and self.currentJob.status == "running":
+            self.currentJob.cancel()
+
+
+class SSLSegmentationLogic(JobOwner, _LogicBase):
     """Fine-tuning, segmentation, models and backbones, callable from the console (see the module docstring)."""
 
     def __init__(self, modelsFolder=None):
@@ -472,20 +501,3 @@ class SSLSegmentationLogic(_LogicBase):
             self.trainingPairs.append(pair)
         return self.trainingPairs
 
-    # -- running --
-
-    def _run(self, job, waitForCompletion):
-        if self.currentJob is not None and self.currentJob.status == "running" and self.currentJob.poll():
-            if job.workFolder:
-                shutil.rmtree(job.workFolder, ignore_errors=True)
-            raise UserError(f"{self.currentJob.kind} is still running: wait for it or cancel it first")
-        self.currentJob = job
-        if waitForCompletion:
-            job.start(autoPoll=False)
-            return job.waitForCompletion()
-        return job.start()
-
-    def cancel(self):
-        """Cancel the running job (its process tree is killed; nothing is added to the scene or models)."""
-        if self.currentJob is not None and self.currentJob.status == "running":
-            self.currentJob.cancel()
