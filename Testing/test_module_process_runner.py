@@ -1,13 +1,13 @@
 """The background-process runner of the Slicer modules (SSLSegmentationLib.processRunner), on real processes."""
 
 import json
-import os
 import sys
 import textwrap
 import time
 
 import pytest
 
+from process_tree import alive
 from SSLSegmentationLib.processRunner import (
     ProcessCancelled,
     ProcessFailed,
@@ -42,18 +42,6 @@ CHILD = textwrap.dedent(
 )
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it has exited.
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
 
 def _runner(tmp_path, steps, delay, outcome="ok", **callbacks):
     script = tmp_path / "child.py"
@@ -81,7 +69,7 @@ def test_failure_reports_the_engine_message(tmp_path):
         runner.waitForCompletion(pollInterval=0.02, timeout=60)
     assert runner.status == "failed" and runner.returncode == 2
     # The failed child left its grandchild running with our pipes open: the runner ends it instead of hanging.
-    assert not _alive(int(pidFile.read_text()))
+    assert not alive(int(pidFile.read_text()))
 
 
 def test_failure_without_event_uses_stderr(tmp_path):
@@ -106,18 +94,18 @@ def test_poll_does_not_block_and_cancel_kills_the_tree(tmp_path):
         assert time.monotonic() < deadline, "the child did not report progress"
         time.sleep(0.02)
     grandchildPid = int(pidFile.read_text())
-    assert _alive(childPid) and _alive(grandchildPid)
+    assert alive(childPid) and alive(grandchildPid)
 
     runner.cancel(timeout=5)
     while runner.poll():
         time.sleep(0.02)
     assert runner.status == "cancelled"
     assert finished == [runner]
-    assert not _alive(childPid)
+    assert not alive(childPid)
     deadline = time.monotonic() + 5
-    while _alive(grandchildPid) and time.monotonic() < deadline:
+    while alive(grandchildPid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(grandchildPid), "the grandchild survived Cancel"
+    assert not alive(grandchildPid), "the grandchild survived Cancel"
 
 
 def test_wait_raises_cancelled(tmp_path):

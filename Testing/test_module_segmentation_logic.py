@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from process_tree import alive, descendants
 from sslseg.errors import UserError
 
 TRAIN_CASES = ["hippocampus_006", "hippocampus_007", "hippocampus_011", "hippocampus_014", "hippocampus_036"]
@@ -68,31 +69,6 @@ def _dice(a, b):
     return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
 
 
-def _descendants(pid):
-    """PIDs of ``pid``'s children, grandchildren, ... (from /proc)."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stream:
-                    parent = int(stream.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -193,17 +169,17 @@ def test_cancel_kills_the_process_tree_and_changes_nothing(slicer_scene, hippoca
         assert job.poll(), f"the run ended early: {job.runner.errorMessage}"
         assert time.monotonic() < deadline, "no training progress within 180 s"
         time.sleep(0.1)
-    pids = [job.runner.pid] + _descendants(job.runner.pid)
-    assert all(_alive(pid) for pid in pids[:1])
+    pids = [job.runner.pid] + descendants(job.runner.pid)
+    assert all(alive(pid) for pid in pids[:1])
 
     logic.cancel()
     while job.poll():
         time.sleep(0.05)
     assert job.status == "cancelled" and finished == [job]
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in pids if _alive(pid)], "processes of the cancelled run survived"
+    assert not [pid for pid in pids if alive(pid)], "processes of the cancelled run survived"
     assert logic.modelStore.listModels() == []
     assert not os.path.exists(logic.modelStore.folder) or not os.listdir(logic.modelStore.folder)
     assert not os.path.exists(job.workFolder)

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from process_tree import alive, descendants
 from sslseg.errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,30 +96,6 @@ def _imported(logic):
     return [entry["name"] for entry in logic.listBackbones() if entry["source"] == "imported"]
 
 
-def _descendants(pid):
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stream:
-                    parent = int(stream.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # --- the logic through the real background process ---------------------------------------------------------------
@@ -190,16 +167,16 @@ def test_cancel_kills_the_run_and_registers_nothing(slicer_scene, hippocampus_di
         time.sleep(0.05)
     with pytest.raises(UserError, match="still running"):
         logic.pretrain("s3d", imageFolder=str(listing), backboneName="second", **TINY)
-    pids = [job.runner.pid] + _descendants(job.runner.pid)
+    pids = [job.runner.pid] + descendants(job.runner.pid)
 
     logic.cancel()
     while job.poll():
         time.sleep(0.05)
     assert job.status == "cancelled" and finished == [job]
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in pids if _alive(pid)], "processes of the cancelled run survived"
+    assert not [pid for pid in pids if alive(pid)], "processes of the cancelled run survived"
     assert _imported(logic) == []
     backbones = os.path.join(os.environ["SSLSEG_HOME"], "backbones")
     assert not os.path.exists(os.path.join(backbones, "never-finished"))
