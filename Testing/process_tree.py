@@ -1,6 +1,7 @@
 """Process-tree helpers for the tests that check Cancel (Linux /proc; the tests run on Linux CI)."""
 
 import os
+import time
 
 
 def descendants(pid):
@@ -29,3 +30,11 @@ def alive(pid):
             return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def survivors(pids, timeout=10.0):
+    """The PIDs still alive after waiting up to ``timeout`` s for all of them to end (empty when all ended)."""
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [pid for pid in pids if alive(pid)]

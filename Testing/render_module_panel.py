@@ -55,13 +55,14 @@ def qtCompatibleUi(uiText):
     return ET.tostring(root, encoding="unicode")
 
 
-def loadPanel(uiPath=UI_FILE):
-    """The panel as a PySide6 QWidget (a QApplication must exist)."""
+def loadPanel(uiPath=UI_FILE, convert=None):
+    """The panel as a PySide6 QWidget (a QApplication must exist); ``convert``: the .ui text -> Qt-only .ui text
+    (default ``qtCompatibleUi``)."""
     from PySide6.QtCore import QBuffer, QByteArray, QIODevice
     from PySide6.QtUiTools import QUiLoader
 
     with open(uiPath, encoding="utf-8") as stream:
-        data = QByteArray(qtCompatibleUi(stream.read()).encode("utf-8"))
+        data = QByteArray((convert or qtCompatibleUi)(stream.read()).encode("utf-8"))
     buffer = QBuffer(data)
     buffer.open(QIODevice.ReadOnly)
     loader = QUiLoader()
@@ -141,13 +142,15 @@ def fillExampleContent(panel):
     child(QComboBox, "modelComboBox").addItem("Anterior-Posterior (ResEncL-OpenMind-S3D)")
 
 
-def render(pngPath=PNG_FILE, uiPath=UI_FILE, width=500):
+def render(pngPath=PNG_FILE, uiPath=UI_FILE, width=500, load=None, fill=None):
+    """Write the panel, filled with example content, to ``pngPath``. ``load``/``fill`` default to this module's
+    ``loadPanel``/``fillExampleContent`` (the SSLPretrain renderer passes its own)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication([])
-    panel = loadPanel(uiPath)
-    fillExampleContent(panel)
+    panel = (load or loadPanel)(uiPath)
+    (fill or fillExampleContent)(panel)
     panel.resize(width, 100)
     panel.resize(width, panel.sizeHint().height())
     panel.show()

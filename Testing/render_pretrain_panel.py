@@ -30,18 +30,7 @@ def qtCompatibleUi(uiText):
 
 def loadPanel(uiPath=UI_FILE):
     """The panel as a PySide6 QWidget (a QApplication must exist)."""
-    from PySide6.QtCore import QBuffer, QByteArray, QIODevice
-    from PySide6.QtUiTools import QUiLoader
-
-    with open(uiPath, encoding="utf-8") as stream:
-        data = QByteArray(qtCompatibleUi(stream.read()).encode("utf-8"))
-    buffer = QBuffer(data)
-    buffer.open(QIODevice.ReadOnly)
-    loader = QUiLoader()
-    widget = loader.load(buffer)
-    if widget is None:
-        raise RuntimeError(f"QUiLoader could not load {uiPath}: {loader.errorString()}")
-    return widget
+    return render_module_panel.loadPanel(uiPath, convert=qtCompatibleUi)
 
 
 def fillExampleContent(panel):
@@ -77,21 +66,7 @@ def fillExampleContent(panel):
 
 
 def render(pngPath=PNG_FILE, uiPath=UI_FILE, width=500):
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtWidgets import QApplication
-
-    app = QApplication.instance() or QApplication([])
-    panel = loadPanel(uiPath)
-    fillExampleContent(panel)
-    panel.resize(width, 100)
-    panel.resize(width, panel.sizeHint().height())
-    panel.show()
-    app.processEvents()
-    os.makedirs(os.path.dirname(os.path.abspath(pngPath)), exist_ok=True)
-    if not panel.grab().save(pngPath, "PNG"):
-        raise RuntimeError(f"could not write {pngPath}")
-    panel.close()
-    return pngPath
+    return render_module_panel.render(pngPath, uiPath, width, load=loadPanel, fill=fillExampleContent)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from process_tree import alive
+from process_tree import alive, survivors
 from SSLSegmentationLib.processRunner import (
     ProcessCancelled,
     ProcessFailed,
@@ -102,10 +102,7 @@ def test_poll_does_not_block_and_cancel_kills_the_tree(tmp_path):
     assert runner.status == "cancelled"
     assert finished == [runner]
     assert not alive(childPid)
-    deadline = time.monotonic() + 5
-    while alive(grandchildPid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(grandchildPid), "the grandchild survived Cancel"
+    assert not survivors([grandchildPid], timeout=5), "the grandchild survived Cancel"
 
 
 def test_wait_raises_cancelled(tmp_path):
