@@ -97,7 +97,7 @@ def main(argv=None):
     dataset, train_ids, val_ids, test_ids = split_cases(args.data, args.train, args.val, args.test, args.split_seed)
     import torch
 
-    from sslseg.inference import resolve_device
+    from sslseg.device import resolve_device
 
     device, _ = resolve_device(args.device)
     cuda = device.type == "cuda"

@@ -37,7 +37,8 @@ def main():
     from monai.inferers import sliding_window_inference
 
     from sslseg.datasets import load_dataset
-    from sslseg.inference import resolve_device, segment_array
+    from sslseg.device import resolve_device
+    from sslseg.inference import segment_array
     from sslseg.model_folder import FORMAT, Model
     from sslseg.networks import build_from_spec, spec_for
     from sslseg.preprocessing import read_channels

@@ -11,18 +11,26 @@ import sys
 
 from sslseg import __version__
 from sslseg.errors import UserError
+from sslseg.validation import one_line
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad option gives one line naming it (and where to look), not the whole usage text."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 # Order is the order shown in --help.
 COMMAND_MODULES = ["demo", "models", "finetune", "predict", "pretrain"]
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sslseg",
         description="Fine-tune self-supervised pretrained 3D segmentation networks and segment volumes.",
     )
     parser.add_argument("--version", action="version", version=f"sslseg {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"sslseg.commands.{name}")
@@ -43,8 +51,12 @@ def main(argv=None):
     try:
         return int(args.func(args) or 0)
     except UserError as error:
-        print(f"sslseg {args.command}: error: {error}", file=sys.stderr)
+        print(f"sslseg {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except OSError as error:  # the environment, not the program: a full disk, a folder we may not write
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        print(f"sslseg {args.command}: error: {one_line(error.strerror or error)}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"sslseg {args.command}: cancelled", file=sys.stderr)
         return 130

@@ -391,7 +391,7 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
     import torch
 
     from sslseg.datasets import dataset_from_lists, load_dataset
-    from sslseg.inference import resolve_device
+    from sslseg.device import resolve_device
     from sslseg.model_folder import check_output_folder, save_model
     from sslseg.networks import split_parameters, total_stride
 

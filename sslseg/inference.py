@@ -18,73 +18,11 @@ import time
 
 import numpy as np
 
+from sslseg.device import resolve_device
 from sslseg.errors import UserError
 from sslseg.imageio import has_image_suffix
 from sslseg.preprocessing import pad_to, read_channels, resample_probabilities
 from sslseg.progress import Reporter
-
-
-def _busy_cores(interval: float = 0.3):
-    """Cores kept busy by other processes right now, from two readings of /proc/stat (Linux); None elsewhere.
-    Unlike the load average this does not remember the previous run of our own."""
-    def read():
-        with open("/proc/stat", encoding="ascii") as stream:
-            values = [int(v) for v in stream.readline().split()[1:]]
-        return sum(values), values[3] + (values[4] if len(values) > 4 else 0)  # total, idle + iowait
-
-    try:
-        total0, idle0 = read()
-        time.sleep(interval)
-        total1, idle1 = read()
-    except (OSError, ValueError, IndexError):
-        return None
-    if total1 <= total0:
-        return None
-    return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
-
-
-def configure_cpu_threads() -> str:
-    """Pick torch's CPU thread count. OpenMP threads that outnumber the free cores spin against each other: on our
-    2-core machine, busy with other jobs, a training step took ~25 s with 2 threads and ~8 s with 1 (see
-    docs/benchmarks.md). Unless ``OMP_NUM_THREADS`` or ``SSLSEG_THREADS`` says otherwise, use the cores that other
-    processes leave free right now (at least one)."""
-    import torch
-
-    cores = os.cpu_count() or 1
-    explicit = os.environ.get("SSLSEG_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    if explicit and explicit.isdigit() and int(explicit) > 0:
-        threads = int(explicit)
-        why = "as set in the environment"
-    else:
-        busy = _busy_cores()
-        if busy is None:
-            threads, why = torch.get_num_threads(), f"{cores} core(s)"
-        else:
-            threads = max(1, min(torch.get_num_threads(), int(round(cores - busy))))
-            why = f"{cores} core(s), {busy:.1f} busy with other work"
-    if threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
-    return f"{threads} thread(s) ({why})"
-
-
-def resolve_device(device: str = "auto"):
-    """``auto`` picks CUDA when available. Returns (torch.device, note for the user)."""
-    import torch
-
-    if device in (None, "", "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible to PyTorch (is a CPU-only torch "
-                        "installed? see README); use --device cpu")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise UserError(f"unknown device {device!r} (auto, cuda, cuda:N or cpu)")
-    torch_device = torch.device(device)
-    if torch_device.type == "cpu":
-        note = (f"running on CPU with {configure_cpu_threads()}, no mixed precision: expect minutes where a GPU "
-                f"takes seconds")
-    else:
-        note = f"CUDA: {torch.cuda.get_device_name(torch_device)}, mixed precision"
-    return torch_device, note
 
 
 def mirror_axes_sets(tta: bool):

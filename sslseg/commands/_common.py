@@ -19,7 +19,7 @@ def run_reported(reporter, work):
     one-line message (UserError, exit 2) or traceback (a bug) on stderr."""
     try:
         return work()
-    except UserError as error:
+    except (UserError, OSError) as error:  # one line on stderr from sslseg.cli.main; OSError: disk full, no access
         reporter.error(str(error))
         raise
     except KeyboardInterrupt:

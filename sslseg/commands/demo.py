@@ -48,7 +48,8 @@ def demo(args, reporter):
     from sslseg.demo_data import find_demo_data
     from sslseg.errors import UserError
     from sslseg.finetune import dice_per_class, finetune
-    from sslseg.inference import predict, resolve_device
+    from sslseg.device import resolve_device
+    from sslseg.inference import predict
     from sslseg.preprocessing import read_channels, read_label
     from sslseg.progress import Reporter
 

@@ -15,6 +15,7 @@ import os
 import signal
 from dataclasses import asdict, dataclass, field
 
+from sslseg.device import resolve_device
 from sslseg.errors import UserError
 
 METHODS = ("s3d", "mae", "volf")
@@ -133,21 +134,6 @@ class Distributed:
                 dist.destroy_process_group()
 
 
-def resolve_device(requested: str, dist: Distributed):
-    import torch
-
-    if requested not in ("auto", "cuda", "cpu"):
-        raise UserError(f"--device must be auto, cuda or cpu (got {requested!r})")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available to this PyTorch (a CPU-only build or no driver)")
-    if requested == "cpu" or not torch.cuda.is_available():
-        note = "" if requested == "cpu" else ("no CUDA GPU found: running on the CPU (fine for small presets and "
-                                              "tests; pretraining ResEnc-L needs a GPU)")
-        return torch.device("cpu"), note
-    index = dist.local_rank if dist.enabled else torch.cuda.current_device()
-    return torch.device("cuda", index), ""
-
-
 def _check_config(config: PretrainConfig):
     from sslseg.networks import architecture_kwargs, total_stride
 
@@ -200,7 +186,7 @@ def run_pretraining(config: PretrainConfig, reporter=None) -> dict:
     arch_kwargs, stride = _check_config(config)
     check_register_name(config.register)
     dist = Distributed()
-    device, note = resolve_device(config.device, dist)
+    device, note = resolve_device(config.device, dist.local_rank if dist.enabled else None)
     dist.init(device.type)
     reporter = reporter or Reporter("none")
     if not dist.is_main:
