@@ -36,7 +36,7 @@ class SSLPretrain(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("SSL Pretrain")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        # SSLSegmentationLib (process runner, node bridge, chart, install logic) is shared with this module
+        # SSLSegmentationLib (jobs, node bridge, chart, install logic, panel base) is shared with this module
         self.parent.dependencies = ["SSLSegmentation"]
         self.parent.contributors = ["SSLSegmentation developers"]
         self.parent.helpText = _(

@@ -5,7 +5,7 @@ Console::
 
     logic = slicer.util.getModuleLogic("SSLSegmentation")
     model = logic.finetune(backbone="ResEncL-OpenMind-S3D", trainingPairs=[(volumeNode, segmentationNode)],
-                           preset="quick", waitForCompletion=True)
+                           waitForCompletion=True)      # preset by device: "quick" on a GPU, "cpu" without one
     segmentationNode = logic.segment(model, inputVolumeNode, waitForCompletion=True)
 """
 

@@ -37,7 +37,7 @@ def _few_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
 
 
-# ---- Slicer core (foundation-slicer area) --------------------------------------------------------------------
+# ---- Slicer core: the PyPI package slicer-core ------------------------------------------------------------------
 # Real MRML scene and module logics from the PyPI package slicer-core (see Testing/slicer_harness.py). Tests that
 # use these fixtures skip with a clear reason where slicer-core is not installed; engine tests never need it.
 _TESTING = os.path.dirname(os.path.abspath(__file__))

@@ -294,8 +294,10 @@ class SlicerHarness:
         self.scene.Clear(0)
 
     def userNodes(self):
-        """Nodes added since start (or since the last clear), e.g. to check that a call left nothing behind."""
-        return [self.scene.GetNodeByID(i) for i in sorted(self._nodeIDs() - self._baseline)]
+        """Nodes added since start (or since the last clear), e.g. to check that a call left nothing behind. The
+        subject hierarchy node is not one: the scene remakes it on demand, under a new ID after a clear."""
+        nodes = [self.scene.GetNodeByID(i) for i in sorted(self._nodeIDs() - self._baseline)]
+        return [node for node in nodes if not node.IsA("vtkMRMLSubjectHierarchyNode")]
 
 
 def _baseName(fileName):

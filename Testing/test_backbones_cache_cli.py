@@ -109,3 +109,59 @@ def test_models_cli(tmp_path, capsys):
     assert code == 2 and "sslseg models import" in err
     code, _, err = _run(capsys, "models", "inspect", str(tmp_path / "missing.pth"))
     assert code == 2 and "not found" in err
+
+
+def test_overwrite_replaces_the_whole_backbone(tmp_path):
+    """A new file under an existing name replaces the folder: no checkpoint or plan of the old one is left to be
+    mixed with the new one."""
+    first, _ = _pretrain_output(tmp_path / "a", seed=0)                    # with adaptation_plan.json beside it
+    state = resenc_state("ResEncT-test", seed=5)
+    second = write_nnssl(tmp_path / "b", state, adaptation_plan("ResEncT-test"))   # plan inside, none beside
+    os.rename(second, tmp_path / "b" / "other-name.pth")
+    import_checkpoint(first, name="mine")
+    import_checkpoint(str(tmp_path / "b" / "other-name.pth"), name="mine", overwrite=True)
+    folder = cache.entry_dir("mine")
+    assert sorted(os.listdir(folder)) == ["backbone.json", "other-name.pth"]
+    assert not [n for n in os.listdir(cache.backbones_dir()) if n.startswith(".")]   # no staging, no lock left
+    network, _ = load_backbone("mine", num_classes=2)
+    assert torch.equal(network.state_dict()["encoder.stages.0.blocks.0.conv1.conv.weight"],
+                       state["encoder.stages.0.blocks.0.conv1.conv.weight"])
+
+
+def test_a_refused_import_names_the_users_file(tmp_path):
+    """The staged copy in the cache is what gets checked, but the message names the file the user gave."""
+    broken = write_nnssl(tmp_path / "broken", {k: v for k, v in resenc_state().items() if "stages" not in k},
+                         adaptation_plan("ResEncT-test"))
+    with pytest.raises(UserError) as error:
+        import_checkpoint(broken, name="broken")
+    assert broken in str(error.value) and ".partial" not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_import_follows_a_symlinked_checkpoint(tmp_path):
+    """A Hugging Face cache snapshot links its files to blobs: the cache gets real copies of the bytes."""
+    path, state = _pretrain_output(tmp_path / "run")
+    blobs = tmp_path / "hub" / "blobs"
+    snapshot = tmp_path / "hub" / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for name in ("checkpoint_final.pth", "adaptation_plan.json"):
+        os.rename(tmp_path / "run" / name, blobs / name)
+        os.symlink(blobs / name, snapshot / name)
+    assert import_checkpoint(str(snapshot), name="from-hub") == "from-hub"
+    folder = cache.entry_dir("from-hub")
+    assert not any(os.path.islink(os.path.join(folder, n)) for n in os.listdir(folder))
+    assert cache.read_meta("from-hub")["sha256"] == cache.sha256_of(str(blobs / "checkpoint_final.pth"))
+
+
+def test_models_download_progress_events(tmp_path, capsys):
+    """`sslseg models download --progress json` of a cached backbone: only JSON events on stdout, ending with the
+    `done` event carrying the checkpoint path (what the Slicer module reads)."""
+    path = tmp_path / "fmunet_abk1k_volf.pt"
+    torch.save({"model_state_dict": misfm_state(), "iteration": 1}, path)
+    import_checkpoint(str(path), name="MISFM-FMUNet-AbdomenCT1K")
+    code, out, _ = _run(capsys, "models", "download", "MISFM-FMUNet-AbdomenCT1K", "--progress", "json")
+    assert code == 0 and [json.loads(line) for line in out.splitlines()] == [
+        {"event": "done", "model": cache.cached_checkpoint("MISFM-FMUNet-AbdomenCT1K")}]
+    code, out, err = _run(capsys, "models", "download", "MISFM-FMUNet-AbdomenCT1K", "--force", "--progress", "json")
+    assert code == 2 and "sslseg models import" in err                    # manual-only: refused, also as an event
+    assert json.loads(out.splitlines()[-1])["event"] == "error"

@@ -187,7 +187,6 @@ def test_misfm_fmunet_loads_published_layout(tmp_path):
 
 
 def test_fmunet_family_builds_through_networks(tmp_path):
-    import sslseg.backbones  # noqa: F401  registers FMUNet
     from sslseg.networks import build_from_spec, split_parameters
 
     spec = {"family": "FMUNet", "name": "FMUNet", "config": {"feature_chns": [4, 8, 16], "dropout": 0.0,

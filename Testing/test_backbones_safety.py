@@ -49,11 +49,15 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path, layout):
     else:
         path = str(tmp_path / "old.pth")
         torch.save({"network_weights": state, "x": _Payload(marker)}, path, _use_new_zipfile_serialization=False)
-    with pytest.raises(UserError, match="refused to load"):
+    with pytest.raises(UserError, match="refused to load") as error:
         load_backbone(path, num_classes=2)
     with pytest.raises(UserError, match="refused to load"):
         import_checkpoint(path, name="evil")
     assert not marker.exists()
+    # one line that says why, and never torch's advice to switch the weights-only guard off
+    message = str(error.value)
+    assert "not a file this program can trust" in message and "system" in message and "\n" not in message
+    assert "weights_only" not in message and "likely succeed" not in message
     assert [b for b in list_backbones() if b["name"] == "evil"] == []
 
 
@@ -79,6 +83,11 @@ def test_truncated_empty_and_missing_files(tmp_path):
     garbage.write_bytes(b"this is not a checkpoint" * 10)
     with pytest.raises(UserError, match="truncated or corrupt|refused"):
         load_backbone(str(garbage), num_classes=2)
+    page = tmp_path / "checkpoint_final.pth"
+    page.write_bytes(b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>")
+    with pytest.raises(UserError, match="not a PyTorch checkpoint") as error:
+        load_backbone(str(page), num_classes=2)
+    assert "weights_only" not in str(error.value)
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
     with pytest.raises(UserError, match="empty"):

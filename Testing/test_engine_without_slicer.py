@@ -84,12 +84,16 @@ def test_every_engine_module_imports_without_slicer_vtk_qt(tmp_path):
 
 
 def test_api_functions_stay_callable_after_their_module_is_imported():
-    # ``import sslseg.finetune`` makes Python set the package attribute ``finetune`` to the module, replacing the
-    # lazily exported function of the same name; CI once failed on exactly this import order
+    # a module named like the lazily exported function (once ``sslseg.finetune``) replaced the function with the
+    # module when imported; CI once failed on exactly this import order. The functions now live in packages with
+    # other names (sslseg.finetuning, sslseg.pretraining), and no module may take the functions' names again.
     code = textwrap.dedent(
         """
-        import sslseg.finetune, sslseg.pretrain, sslseg
+        import importlib.util, types
+        import sslseg.finetuning, sslseg.finetuning.trainer, sslseg.pretraining, sslseg
         assert callable(sslseg.finetune) and callable(sslseg.pretrain)
+        assert isinstance(sslseg.finetune, types.FunctionType) and isinstance(sslseg.pretrain, types.FunctionType)
+        assert all(importlib.util.find_spec(f"sslseg.{name}") is None for name in ("finetune", "pretrain"))
         try:
             sslseg.finetune(out=None)
         except Exception as error:  # the function ran: it refuses a missing output folder

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sslseg.errors import UserError
-from sslseg.finetune import finetune
+from sslseg.finetuning import finetune
 from sslseg.imageio import Geometry, read_image, write_image
 from sslseg.model_folder import load_model, pack_model
 from sslseg.networks import build_from_spec, spec_for, split_parameters
@@ -56,7 +56,7 @@ def test_scratch_schedule_is_plain_poly():
 
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory):
-    """An nnssl-format checkpoint (CONTRACTS.md) of ResEncT-test with random weights, read by the real loader."""
+    """A checkpoint in the format of MIC-DKFZ/nnssl, of ResEncT-test with random weights, read by the real loader."""
     spec = spec_for("ResEncT-test")
     torch.manual_seed(1)
     network = build_from_spec(spec, 1, 5)
@@ -241,7 +241,7 @@ def test_wrong_channel_count_unreadable_file_and_too_few_cases(tmp_path, hippoca
 
 def test_gradient_checkpointing_gives_the_same_gradients_and_keys():
     """The memory-saving path used on small GPUs: same state_dict keys, same gradients (run here on CPU)."""
-    from sslseg.finetune import enable_gradient_checkpointing
+    from sslseg.finetuning.memory import enable_gradient_checkpointing
 
     torch.manual_seed(0)
     plain = build_from_spec(spec_for("ResEncT-test"), 1, 3)
@@ -256,3 +256,102 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_keys():
         assert (a.grad is None) == (b.grad is None), name
         if a.grad is not None:
             assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+# --- continuing from a fine-tuned model (init_model) ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def initial_model(tmp_path_factory, hippocampus_dir):
+    """A fine-tuned model (4 steps from scratch) with its own patch, the starting point of the runs below."""
+    images, labels = hippocampus_files(hippocampus_dir, 3)
+    out = tmp_path_factory.mktemp("initial") / "hippo"
+    finetune("none", images=images, labels=labels, label_names=NAMES, out=out, preset="test", device="cpu",
+             steps=4, val_cases=0, patch_size=[16, 16, 16], progress="none")
+    return out
+
+
+def merged_labels(tmp_path, label_files):
+    """The label files with both hippocampus parts as one label (value 1): one label where the model has two."""
+    merged = []
+    for path in label_files:
+        label, geometry = read_image(path)
+        target = tmp_path / os.path.basename(path).replace(".nii.gz", ".nrrd")
+        write_image((label > 0).astype(np.uint8), geometry, target)
+        merged.append(target)
+    return merged
+
+
+def encoder_equals(network_state, reference_state, spec):
+    encoder_names = [n for n, _ in split_parameters(build_from_spec(spec, 1, 3), spec)[0]]
+    return all(torch.equal(network_state[n], reference_state[n]) for n in encoder_names)
+
+
+def test_init_model_continues_with_its_weights_plan_and_the_warmups(tmp_path, hippocampus_dir, initial_model):
+    initial = load_model(initial_model)
+    initial_state = initial.network.state_dict()
+    spec = initial.meta["network"]
+    images, labels = hippocampus_files(hippocampus_dir, 3, start=3)
+    seen = {"phases": []}
+
+    def watch(step, phase, loss, network, optimizer):
+        encoder, _ = split_parameters(network, spec)
+        optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        state = {n: p.detach() for n, p in network.state_dict().items()}
+        seen["phases"].append(phase)
+        if step == 1:  # after the first optimiser step the encoder still holds the initial model's weights
+            seen["first_step_encoder_equal"] = encoder_equals(state, initial_state, spec)
+            seen["lr"] = optimizer.param_groups[0]["lr"]
+        if phase == "decoder_warmup":
+            assert all(not p.requires_grad and id(p) not in optimised for _, p in encoder)
+            seen["warmup_end_encoder_equal"] = encoder_equals(state, initial_state, spec)
+        elif phase == "full_warmup" and "full" not in seen:
+            seen["full"] = all(p.requires_grad and id(p) in optimised for _, p in encoder)
+
+    out = finetune(images=images, labels=labels, label_names=NAMES, out=tmp_path / "continued", preset="test",
+                   device="cpu", steps=8, val_cases=0, progress="none", step_callback=watch, init_model=initial_model)
+    assert seen["first_step_encoder_equal"] and seen["warmup_end_encoder_equal"] and seen["full"]
+    # the recipe's warm-ups (decoder first, lr ramping from max_lr / decoder steps), not the scratch recipe
+    assert seen["phases"][:2] == ["decoder_warmup"] * 2 and "full_warmup" in seen["phases"]
+    assert seen["lr"] == pytest.approx(1e-2 / 2)
+    meta = json.loads((tmp_path / "continued" / "model.json").read_text())
+    assert meta["recipe"]["from_scratch"] is False and meta["recipe"]["schedule"]["decoder_warmup_steps"] == 2
+    # the initial model's plan: its patch (not the preset's choice for these data) and its preprocessing
+    assert meta["patch_size"] == [16, 16, 16] and meta["preprocessing"] == initial.meta["preprocessing"]
+    assert meta["initial_model"]["path"] == str(initial_model) and meta["initial_model"]["head"] == "kept"
+    assert meta["network"] == spec and load_model(out).labels == initial.labels
+
+
+def test_init_model_replaces_the_head_when_the_label_count_differs(tmp_path, hippocampus_dir, initial_model):
+    from sslseg.finetuning.start import from_model
+    from sslseg.networks import layout_of
+    from sslseg.progress import Reporter
+
+    initial = load_model(initial_model)
+    layout = layout_of(initial.meta["network"])
+    start = from_model(initial, num_classes=2, in_channels=1, reporter=Reporter("none"))
+    state, initial_state = start.network.state_dict(), initial.network.state_dict()
+    head = [n for n in state if layout.part_of(n) == "head"]
+    assert head and all(state[n].shape[0] == 2 for n in head if n.endswith("weight"))
+    # every other tensor, decoder included, is the model's
+    assert all(torch.equal(state[n], initial_state[n]) for n in state if n not in head)
+
+    images, labels = hippocampus_files(hippocampus_dir, 3, start=3)
+    out = finetune(images=images, labels=merged_labels(tmp_path, labels), label_names={1: "Hippocampus"},
+                   out=tmp_path / "merged", preset="test", device="cpu", steps=3, val_cases=0, progress="none",
+                   init_model=initial_model)
+    model = load_model(out)
+    assert [label["name"] for label in model.labels] == ["Hippocampus"]
+    assert model.meta["initial_model"]["head"] == "replaced"
+
+
+def test_init_model_is_refused_with_a_backbone_or_when_missing(tmp_path, hippocampus_dir, initial_model,
+                                                              tiny_backbone):
+    images, labels = hippocampus_files(hippocampus_dir, 3)
+    with pytest.raises(UserError, match="either --backbone or --init-model") as error:
+        finetune(str(tiny_backbone[0]), images=images, labels=labels, out=tmp_path / "m", preset="test",
+                 device="cpu", steps=2, progress="none", init_model=initial_model)
+    assert "\n" not in str(error.value)
+    with pytest.raises(UserError, match="--init-model"):
+        finetune(images=images, labels=labels, out=tmp_path / "m", preset="test", device="cpu", steps=2,
+                 progress="none", init_model=tmp_path / "no-such-model")
+    assert not (tmp_path / "m").exists()

@@ -11,7 +11,7 @@ import pytest
 import slicerio
 
 from sslseg.errors import UserError
-from sslseg.finetune import finetune
+from sslseg.finetuning import finetune
 from sslseg.imageio import Geometry, read_image, write_image
 from sslseg.inference import predict
 from sslseg.model_folder import load_model

@@ -69,8 +69,6 @@ def _dice(a, b):
     return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
 
 
-
-
 @pytest.fixture
 def logic(tmp_path):
     from SSLSegmentationLib.segmentationLogic import SSLSegmentationLogic
@@ -152,9 +150,10 @@ def test_finetune_then_segment_through_the_background_process(slicer_scene, hipp
     assert os.path.basename(model2) == "hippocampus round 2" and len(logic.modelStore.listModels()) == 2
     with open(os.path.join(model2, "model.json")) as stream:
         meta = json.load(stream)
-    assert meta["backbone"]["name"] == "Anterior-Posterior--scratch"  # started from the first model's weights
+    # started from the first model's weights (sslseg finetune --init-model), not from scratch
+    assert meta["initial_model"]["path"] == model and meta["initial_model"]["head"] == "kept"
     assert meta["recipe"]["from_scratch"] is False
-    assert any("encoder (with stem) loaded: 100.0 %" in e.get("message", "") for e in events)
+    assert any("every weight loaded" in e.get("message", "") for e in events)
 
 
 def test_cancel_kills_the_process_tree_and_changes_nothing(slicer_scene, hippocampus_dir, logic):
@@ -222,38 +221,70 @@ def test_failed_runs_change_nothing(slicer_scene, hippocampus_dir, logic, tmp_pa
     assert logic.modelStore.listModels() == []
 
     # a damaged model: predict fails, no segmentation node appears
+    from sslseg.networks import spec_for
+
     broken = tmp_path / "broken-model"
     broken.mkdir()
-    (broken / "model.json").write_text(json.dumps({"format": "sslseg-model/1", "labels": LABELS}))
-    (broken / "model.pt").write_bytes(b"not a checkpoint")
+    meta = {"format": "sslseg-model/1", "labels": LABELS, "network": spec_for("ResEncT-test"), "in_channels": 1,
+            "preprocessing": {"spacing": [1.0, 1.0, 1.0], "normalization": "zscore"}, "patch_size": [16, 24, 16]}
+    (broken / "model.json").write_text(json.dumps(meta))
+    (broken / "model.pt").write_bytes(b"not a checkpoint")  # found by the engine, in the background process
     with pytest.raises(ProcessFailed):
         logic.segment(str(broken), pairs[0][0], device="cpu", waitForCompletion=True)
+    # a garbled model.json is refused at once, before the volume goes out
+    (broken / "model.json").write_text(json.dumps({"format": "sslseg-model/1", "labels": LABELS}))
+    with pytest.raises(UserError, match="lacks 'network'"):
+        logic.segment(str(broken), pairs[0][0], device="cpu")
+    assert logic.currentJob.kind == "segmentation" and logic.currentJob.status == "failed"
     assert _sceneState(slicer_scene) == before
+
+
+def _tinyBackboneCheckpoint(folder):
+    """A pretrained-backbone checkpoint in the nnssl format (``checkpoint_final.pth`` + ``adaptation_plan.json``),
+    written by the engine's own exporter for a freshly initialised tiny network."""
+    from sslseg.networks import architecture_kwargs, build_from_spec, spec_for
+    from sslseg.pretraining.export import adaptation_plan, write_final
+
+    network = build_from_spec(spec_for("ResEncT-test"), 1, 2)
+    plan = adaptation_plan("S3D", "ResEncT-test", architecture_kwargs("ResEncT-test"), [16, 16, 16],
+                           [1.0, 1.0, 1.0])
+    os.makedirs(folder)
+    return write_final(str(folder), network, "sslseg.S3DTrainer", plan, {})
 
 
 def test_import_backbone_in_the_background(logic, tmp_path, monkeypatch):
     """'Import file...': a checkpoint is checked and registered by the engine in a background process; it then
-    appears in the backbone list (here: a tiny fine-tuned model converted to an nnssl-style checkpoint)."""
-    from sslseg.model_folder import save_model
-    from sslseg.networks import build_from_spec, spec_for
-    from SSLSegmentationLib.segmentationLogic import SSLSegmentationLogic
-
+    appears in the backbone list (here: a tiny network in the nnssl checkpoint format)."""
     monkeypatch.setenv("SSLSEG_HOME", str(tmp_path / "home"))  # the child process inherits it
-    spec = spec_for("ResEncT-test")
-    folder = save_model(tmp_path / "tiny", {"network": spec, "in_channels": 1, "labels": LABELS,
-                                            "preprocessing": {"spacing": [1.0, 1.0, 1.0]}, "patch_size": [16, 24, 16]},
-                        build_from_spec(spec, 1, 3).state_dict())
-    checkpoint = SSLSegmentationLogic._modelAsBackbone(folder, str(tmp_path / "work"))
+    checkpoint = _tinyBackboneCheckpoint(tmp_path / "tiny")
     assert "tiny-test" not in [b["name"] for b in logic.listBackbones()]
     logs = []
     logic.importBackbone(checkpoint, name="tiny-test", waitForCompletion=True, onLog=logs.append)
     (entry,) = [b for b in logic.listBackbones() if b["name"] == "tiny-test"]
     assert entry["cached"] and entry["source"] == "imported"
     assert any("imported backbone tiny-test" in line for line in logs)
+    other = _tinyBackboneCheckpoint(tmp_path / "other")  # other weights (another random initialisation)
     with pytest.raises(Exception, match="already exists"):  # a different file under the same name is refused
-        other = SSLSegmentationLogic._modelAsBackbone(
-            save_model(tmp_path / "other", {"network": spec, "in_channels": 1, "labels": LABELS,
-                                            "preprocessing": {"spacing": [1.0, 1.0, 1.0]},
-                                            "patch_size": [16, 24, 16]}, build_from_spec(spec, 1, 3).state_dict()),
-            str(tmp_path / "work2"))
         logic.importBackbone(other, name="tiny-test", waitForCompletion=True)
+
+
+def test_preset_follows_the_device(slicer_scene, hippocampus_dir, logic):
+    """No preset: the engine's default for the device (``cpu`` on the CPU, ``quick`` on a GPU), said in the log."""
+    from SSLSegmentationLib.segmentationLogic import presetForDevice
+
+    assert presetForDevice("cpu")[0] == "cpu" and presetForDevice("cuda:0")[0] == "quick"
+    import torch
+
+    assert presetForDevice("auto")[0] == ("quick" if torch.cuda.is_available() else "cpu")
+    logs = []
+    job = logic.finetune(backbone=None, trainingPairs=[_loadPair(hippocampus_dir, TRAIN_CASES[0])[:2]],
+                         device="cpu", validationShare=0.0, onLog=logs.append)
+    try:
+        args = job.runner.args
+        assert args[args.index("--preset") + 1] == "cpu"
+        assert any("Preset 'cpu' chosen for the CPU" in line for line in logs[:1]), logs[:3]
+    finally:
+        logic.cancel()
+        while job.poll():
+            time.sleep(0.05)
+    assert job.status == "cancelled" and logic.modelStore.listModels() == []

@@ -96,8 +96,6 @@ def _imported(logic):
     return [entry["name"] for entry in logic.listBackbones() if entry["source"] == "imported"]
 
 
-
-
 # --- the logic through the real background process ---------------------------------------------------------------
 
 
@@ -231,19 +229,13 @@ def test_failed_run_registers_nothing(slicer_scene, logic, tmp_path):
     _assertSameState(before, _volumeState([tiny]))
 
 
-def test_bad_input_is_refused_before_any_process_starts(slicer_scene, hippocampus_dir, logic, tmp_path):
-    from sslseg.backbones import import_checkpoint
-    from sslseg.model_folder import save_model
-    from sslseg.networks import build_from_spec, spec_for
-    from SSLSegmentationLib.segmentationLogic import SSLSegmentationLogic
+def test_bad_input_is_refused_before_any_process_starts(slicer_scene, hippocampus_dir, logic, tmp_path, home):
+    from sslseg.backbones import cache
 
-    # a backbone that already exists (registered the way "Import file..." does)
-    spec = spec_for("ResEncT-test")
-    folder = save_model(tmp_path / "tiny", {"network": spec, "in_channels": 1,
-                                            "labels": [{"value": 1, "name": "A", "color": [1, 0, 0]}],
-                                            "preprocessing": {"spacing": [1.0, 1.0, 1.0]},
-                                            "patch_size": [16, 16, 16]}, build_from_spec(spec, 1, 2).state_dict())
-    import_checkpoint(SSLSegmentationLogic._modelAsBackbone(folder, str(tmp_path / "work")), name="taken")
+    # a backbone that already exists in the cache (what a registration leaves: its checkpoint, backbone.json last)
+    os.makedirs(cache.entry_dir("taken"))
+    (home / "backbones" / "taken" / "checkpoint_final.pth").write_bytes(b"weights")
+    cache.write_meta("taken", {"name": "taken", "checkpoint": "checkpoint_final.pth", "origin": "/elsewhere"})
     (volume,) = _loadVolumes(hippocampus_dir, CASES[:1])
     labelmap = slicer_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
     before = _volumeState([volume])
@@ -343,7 +335,8 @@ def test_ui_file_has_every_widget_the_code_uses():
     server = next(w for w in root.iter("widget") if w.get("name") == "serverCommandTextEdit")
     assert any(p.get("name") == "readOnly" and p.findtext("bool") == "true" for p in server.findall("property"))
     # the combo boxes offer what the logic accepts
-    from SSLPretrainLib.pretrainLogic import ARCHITECTURES, DEVICES, METHODS
+    from SSLPretrainLib.pretrainLogic import ARCHITECTURES, METHODS
+    from SSLSegmentationLib.settings import DEVICES
 
     items = {w.get("name"): [i.findtext("property/string") for i in w.findall("item")] for w in root.iter("widget")
              if w.get("class") == "QComboBox"}
@@ -352,7 +345,7 @@ def test_ui_file_has_every_widget_the_code_uses():
 
 
 def test_parameter_bindings_name_parameters_of_a_fitting_type(slicer_harness):
-    from SSLSegmentationLib.parameters import _annotation
+    from SSLSegmentationLib.parameterFields import annotationFor
     from SSLPretrainLib.parameters import FIELD_NAMES, FIELDS
 
     root, _ = _widgets()
@@ -373,7 +366,7 @@ def test_parameter_bindings_name_parameters_of_a_fitting_type(slicer_harness):
     assert used and used <= set(FIELD_NAMES), used - set(FIELD_NAMES)
     assert len(FIELD_NAMES) == len(set(FIELD_NAMES))
     for name, typeName, default, description in FIELDS:
-        annotation = _annotation(typeName)
+        annotation = annotationFor(typeName)
         assert description, name
         if typeName.startswith("list["):
             assert annotation.__origin__ is list and annotation.__args__[0].__name__ == typeName[5:-1]
@@ -393,13 +386,15 @@ def panel(monkeypatch):
     pytest.importorskip("PySide6.QtUiTools", reason="needs PySide6 (pip install -e '.[test]')")
     monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
     import render_pretrain_panel
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtWidgets import QApplication, QWidget
 
     app = QApplication.instance() or QApplication([])
     widget = render_pretrain_panel.loadPanel()
+    assert widget.objectName() == "SSLPretrain" and widget.findChildren(QWidget)  # the .ui's top widget, filled
     yield widget
     widget.close()
-    assert app is not None
+    # neither the tests nor the renderer leave a window open
+    assert not [w.objectName() for w in app.topLevelWidgets() if w.isVisible()]
 
 
 def test_widget_code_calls_existing_members(panel):

@@ -11,13 +11,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from bad_inputs import assert_user_error, run_cli
 from sslseg.errors import UserError
 from sslseg.networks import build_network, total_stride, architecture_kwargs
-from sslseg.pretrain import volume_fusion
-from sslseg.pretrain.data import list_images, preflight, sample_patch
-from sslseg.pretrain.s3d import (MASK_RATIO_RANGE, MaskedImageModel, draw_mask_ratio, expand_mask, masked_l2_loss,
-                                 random_block_mask)
-from sslseg.pretrain.sparse import SparseInstanceNorm3d, sparsify
+from sslseg.pretraining import volume_fusion
+from sslseg.pretraining.data import list_images, preflight, sample_patch
+from sslseg.pretraining.s3d import (MASK_RATIO_RANGE, MaskedImageModel, draw_mask_ratio, expand_mask,
+                                    masked_l2_loss, random_block_mask)
+from sslseg.pretraining.sparse import SparseInstanceNorm3d, sparsify
 
 
 def _grid(batch=2, shape=(4, 4, 4), ratio=0.7, seed=0):
@@ -236,7 +237,7 @@ def test_no_usable_image_is_a_clear_error(tmp_path):
 
 
 def test_command_line_for_a_server():
-    from sslseg.pretrain import command_line
+    from sslseg.pretraining import command_line
 
     single = command_line("s3d", "/data/my scans", "runs/s3d", steps=1000, patch=160)
     assert single == ("sslseg pretrain --method s3d --images '/data/my scans' --out runs/s3d --arch ResEncL "
@@ -263,3 +264,123 @@ def test_a_taken_register_name_is_refused_before_training(tmp_path, monkeypatch)
             sslseg.pretrain("s3d", images=tmp_path, out=tmp_path / "out", arch="ResEncT-test", patch=16,
                             register=name)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_volume_that_resampling_would_blow_up_is_skipped_before_resampling(tmp_path):
+    # A 10 mm scan resampled to 1 mm has 1000x its voxels: 64^3 becomes 640^3 = 262,144,000 voxels (over 1 GB as
+    # float32), more than MAX_RESAMPLED_VOXELS. The pre-flight must refuse it from the header, in a fresh process
+    # whose peak memory shows that nothing was resampled.
+    import subprocess
+    import sys
+
+    from sslseg.pretraining.data import MAX_RESAMPLED_VOXELS
+
+    coarse = _write(np.random.default_rng(0).normal(size=(64, 64, 64)).astype(np.float32), tmp_path / "coarse.nii.gz",
+                    spacing=(10.0, 10.0, 10.0))
+    assert 640 ** 3 > MAX_RESAMPLED_VOXELS
+    # the peak is read from VmHWM (this process's own memory map): ru_maxrss can carry over the size of the forking
+    # parent (pytest) across exec on Linux
+    code = ("import json, sys\n"
+            "from sslseg.pretraining.data import preflight\n"
+            "volumes, skipped = preflight([sys.argv[1]], (1.0, 1.0, 1.0), sys.argv[2])\n"
+            "status = open('/proc/self/status').read().split('VmHWM:')[1]\n"
+            "peak = int(status.split()[0]) / 1024\n"
+            "print(json.dumps({'volumes': len(volumes), 'skipped': skipped, 'peak_mb': peak}))\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code, coarse, str(tmp_path / "cache")], capture_output=True,
+                          text=True, cwd=repo, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["volumes"] == 0
+    reason = report["skipped"][0][1]
+    assert "too large" in reason and "262,144,000" in reason and "--spacing" in reason
+    assert report["peak_mb"] < 600, report  # resampling alone would have needed over 1000 MB
+    assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
+
+
+def test_pretrain_reports_an_oversized_volume_in_preflight_json(tmp_path):
+    import sslseg
+
+    (tmp_path / "images").mkdir()
+    _write(np.random.default_rng(0).normal(size=(64, 64, 64)).astype(np.float32),
+           tmp_path / "images" / "coarse.nii.gz", spacing=(10.0, 10.0, 10.0))
+    out = tmp_path / "out"
+    assert_user_error(lambda: sslseg.pretrain("s3d", images=tmp_path / "images", out=out, arch="ResEncT-test",
+                                              patch=16, steps=2, device="cpu"), "no usable images", "preflight.json")
+    report = json.loads((out / "preflight.json").read_text())
+    assert report["usable"] == 0 and "too large" in report["skipped"][0]["reason"]
+    cache = out / "cache"
+    assert not (cache.exists() and [name for name in os.listdir(cache) if name.endswith(".npy")])
+
+
+def test_cpu_runs_get_cpu_sized_defaults_and_gpu_defaults_stay():
+    from sslseg.networks import ARCHITECTURES
+    from sslseg.pretraining.config import PretrainConfig, with_device_defaults
+
+    bare = PretrainConfig("s3d", images="x", out="y")
+    cpu, note = with_device_defaults(bare, "cpu")
+    assert (cpu.arch, cpu.patch, cpu.batch) == ("ResEncS-cpu", (64, 64, 64), 2)
+    assert "CPU" in note and "--arch ResEncS-cpu" in note and "--patch 64 64 64" in note and "--batch 2" in note
+    gpu, note = with_device_defaults(bare, "cuda")
+    assert (gpu.arch, gpu.patch, gpu.batch) == ("ResEncL", (160, 160, 160), 2)
+    # what the user gave is kept
+    given = PretrainConfig("s3d", images="x", out="y", arch="ResEncL", patch=(32, 64, 64), batch=1)
+    assert with_device_defaults(given, "cpu") == (given, None)
+    # a default patch fits whichever network was asked for
+    for arch in ARCHITECTURES:
+        chosen, _ = with_device_defaults(PretrainConfig("s3d", images="x", out="y", arch=arch), "cpu")
+        stride = total_stride(architecture_kwargs(arch))
+        assert chosen.arch == arch and all(p % s == 0 and p >= s for p, s in zip(chosen.patch, stride))
+
+
+def test_a_cpu_run_trains_with_the_cpu_defaults(tmp_path):
+    from sslseg.pretraining.config import PretrainConfig
+    from sslseg.pretraining.trainer import PretrainingRun
+
+    run = PretrainingRun(PretrainConfig("s3d", images=str(tmp_path), out=str(tmp_path / "out"), device="cpu"))
+    run.check_options()
+    run.choose_device()
+    assert (run.config.arch, run.config.patch, run.config.batch) == ("ResEncS-cpu", (64, 64, 64), 2)
+    assert run.config.signature()["patch"] == [64, 64, 64]  # --resume compares the values actually used
+    assert run.task.grid_shape == (8, 8, 8)  # ResEncS-cpu's total stride is 8
+    assert run.schedule.lr(0) == pytest.approx(1e-2) and run.schedule.lr(250_000) == 0.0  # PolyLR, no warm-up
+    assert not (tmp_path / "out").exists()  # checking wrote nothing
+
+
+def test_pretrain_command_on_cpu_logs_the_defaults_it_chose(tmp_path):
+
+    (tmp_path / "images").mkdir()
+    _write(np.zeros((20, 20, 20), np.float32), tmp_path / "images" / "blank.nrrd")
+    result = run_cli("pretrain", "--method", "s3d", "--images", tmp_path / "images", "--out", tmp_path / "out",
+                     "--device", "cpu", "--steps", "2", "--progress", "json")
+    events = [json.loads(line) for line in result.stdout.splitlines()]  # stdout holds JSON events only
+    logs = [e["message"] for e in events if e["event"] == "log"]
+    assert any("CPU" in m and "--arch ResEncS-cpu" in m and "--patch 64 64 64" in m and "--batch 2" in m
+               for m in logs), logs
+    # the failure (every image unusable) is one error event from the shared run_reported, and one line on stderr
+    assert events[-1]["event"] == "error" and "no usable images" in events[-1]["message"]
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_resume_refuses_a_tampered_checkpoint_without_unsafe_advice(hippocampus_dir, tmp_path):
+    import sslseg
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo unsafe",))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    torch.save({"model": Payload()}, out / "checkpoint_latest.pth")
+    image = os.path.join(hippocampus_dir, "imagesTr", "hippocampus_006.nii.gz")
+    assert_user_error(lambda: sslseg.pretrain("s3d", images=image, out=out, arch="ResEncT-test", patch=16, steps=2,
+                                              device="cpu", resume=True), "--resume", "trust")
+    assert not (out / "checkpoint_final.pth").exists()
+
+
+def test_one_list_of_methods_and_each_is_a_pretext_task():
+    import sslseg.pretraining
+    from sslseg.pretraining.methods import TASKS, PretextTask
+
+    assert tuple(TASKS) == sslseg.pretraining.METHODS == ("s3d", "mae", "volf")
+    assert all(issubclass(task, PretextTask) and task.plan_name for task in TASKS.values())

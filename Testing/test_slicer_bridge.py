@@ -1,9 +1,6 @@
 """The MRML <-> engine bridge (SSLSegmentationLib.nodeBridge) on real slicer-core nodes and real hippocampus data."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -12,7 +9,6 @@ import SimpleITK as sitk
 from sslseg.errors import UserError
 from sslseg.imageio import Geometry, read_image
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASE = "hippocampus_006"
 LABELS = [
     {"value": 1, "name": "Anterior", "color": [0.9, 0.2, 0.1]},
@@ -62,6 +58,8 @@ def test_nifti_volume_matches_simpleitk(bridge, hippocampus_dir):
 
 
 def test_oblique_volume_matches_simpleitk(bridge, hippocampus_dir, tmp_path):
+    import slicer
+
     image_path, _ = _paths(hippocampus_dir)
     image = sitk.ReadImage(image_path)
     image.SetDirection(tuple(_rotation([1, 2, 3], 27).ravel()))
@@ -70,7 +68,7 @@ def test_oblique_volume_matches_simpleitk(bridge, hippocampus_dir, tmp_path):
     oblique = str(tmp_path / "oblique.nii.gz")
     sitk.WriteImage(image, oblique)
 
-    volume = bridge.loadVolumeFile(oblique)
+    volume = slicer.util.loadVolume(oblique)
     array, geometry = bridge.volumeToArray(volume)
     expected, expected_geometry = read_image(oblique)
     assert np.array_equal(array, expected)
@@ -253,7 +251,7 @@ def test_seg_nrrd_written_and_read_back_agrees(bridge, hippocampus_dir, tmp_path
     path = str(tmp_path / "truth.seg.nrrd")
     assert slicer.util.saveNode(node, path)
 
-    loaded = bridge.loadSegmentationFile(path, name="Loaded")
+    loaded = slicer.util.loadSegmentation(path, {"name": "Loaded"})
     assert loaded is not node and loaded.GetName() == "Loaded"
     back, back_labels = bridge.segmentationToLabelArray(loaded, volume)
     assert np.array_equal(back, labels)
@@ -368,68 +366,6 @@ def test_bridge_never_modifies_inputs(bridge, hippocampus_dir, tmp_path):
     _same(_segmentation_state(slicer, segmentation), segmentation_before)
     _same(_segmentation_state(slicer, surface), surface_before)
     assert created is not segmentation
-
-
-# ---- damaged files --------------------------------------------------------------------------------------------
-def test_damaged_files_give_clear_errors_without_aborting(hippocampus_dir, tmp_path, slicer_harness):
-    """slicer-core's segmentation reader aborts the process on a damaged .seg.nrrd, so the loading runs in a child
-    process: an abort fails this test instead of killing pytest."""
-    import slicer
-
-    image_path, label_path = _paths(hippocampus_dir)
-    slicer_harness.clearScene()
-    volume = slicer.util.loadVolume(image_path)
-    labels, _ = read_image(label_path)
-    from SSLSegmentationLib import nodeBridge
-
-    node = nodeBridge.labelArrayToSegmentationNode(labels, LABELS, volume)
-    good = tmp_path / "good.seg.nrrd"
-    assert slicer.util.saveNode(node, str(good))
-    slicer_harness.clearScene()
-    data = good.read_bytes()
-    header_end = data.index(b"\n\n") + 2
-    cases = {
-        "truncated.seg.nrrd": data[: header_end + (len(data) - header_end) // 2],
-        "header_only.seg.nrrd": data[:header_end],
-        "garbled_sizes.seg.nrrd": data.replace(b"sizes: ", b"sizes: 9999 ", 1),
-        "not_nrrd.seg.nrrd": b"hello world\n" * 20,
-        "half_header.seg.nrrd": data[: header_end // 2],
-    }
-    for name, content in cases.items():
-        (tmp_path / name).write_bytes(content)
-    nifti = open(image_path, "rb").read()
-    (tmp_path / "truncated.nii.gz").write_bytes(nifti[: len(nifti) // 2])
-
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path[:0] = [{os.path.join(REPO_ROOT, 'Testing')!r}, {os.path.join(REPO_ROOT, 'SSLSegmentation')!r}]
-        import slicer_harness
-        slicer_harness.start()
-        import slicer
-        from SSLSegmentationLib import nodeBridge
-        from sslseg.errors import UserError
-        folder = {str(tmp_path)!r}
-        good = nodeBridge.loadSegmentationFile(folder + "/good.seg.nrrd")
-        assert good.GetSegmentation().GetNumberOfSegments() == 2
-        for name in {sorted(cases)!r} + ["truncated.nii.gz"]:
-            before = slicer.mrmlScene.GetNumberOfNodes()
-            for loader in (nodeBridge.loadSegmentationFile, nodeBridge.loadVolumeFile):
-                try:
-                    loader(folder + "/" + name)
-                except UserError as error:
-                    assert name in str(error), error
-                    print("CLEAR", name, "|", error)
-                else:
-                    print("LOADED", name)
-            assert slicer.mrmlScene.GetNumberOfNodes() == before
-        print("SURVIVED")
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"child process failed (rc {result.returncode}):\n{result.stdout}\n{result.stderr}"
-    assert "SURVIVED" in result.stdout
-    assert "LOADED" not in result.stdout, result.stdout
-    assert result.stdout.count("CLEAR") == 2 * (len(cases) + 1)
-    assert "truncated or corrupt" in result.stdout
 
 
 def test_segmentation_in_world_space_onto_transformed_volume(bridge, hippocampus_dir):

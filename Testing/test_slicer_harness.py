@@ -57,10 +57,20 @@ def test_load_save_and_clean_scene(slicer_harness, hippocampus_dir, tmp_path):
     assert np.array_equal(slicer.util.arrayFromVolume(slicer.util.loadVolume(image)).shape, (34, 52, 35))
 
 
-def test_each_test_gets_a_clean_scene(slicer_scene, slicer_harness):
-    assert slicer_harness.userNodes() == []
-    slicer_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "left over")
+def test_each_test_gets_a_clean_scene(slicer_harness, request):
+    """The ``slicer_scene`` fixture removes what an earlier test left before the test and what the test leaves
+    after it; checked within one test, so that it does not depend on which tests ran before."""
+    import slicer
 
+    slicer_harness.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "left by an earlier test")
+    assert "left by an earlier test" in [node.GetName() for node in slicer_harness.userNodes()]
 
-def test_each_test_gets_a_clean_scene_again(slicer_scene, slicer_harness):
-    assert slicer_harness.userNodes() == []
+    def checkClean():  # registered before the fixture is set up, so it runs after the fixture's teardown
+        left = [node.GetName() for node in slicer_harness.userNodes()]
+        assert left == [], f"the slicer_scene fixture left {left}"
+
+    request.addfinalizer(checkClean)
+    scene = request.getfixturevalue("slicer_scene")
+    assert scene is slicer.mrmlScene and slicer_harness.userNodes() == []
+    scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "left by this test")
+    assert slicer_harness.userNodes()

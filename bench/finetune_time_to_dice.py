@@ -40,7 +40,7 @@ def test_dice(model_dir, dataset, test_ids, tta=False, device="cpu"):
     """Mean Dice per label on the original grids of the test cases, through the product's predict path."""
     import torch
 
-    from sslseg.finetune import dice_per_class
+    from sslseg.finetuning.evaluation import dice_per_class
     from sslseg.inference import segment_array
     from sslseg.model_folder import load_model
     from sslseg.preprocessing import read_channels, read_label
@@ -91,7 +91,7 @@ def main(argv=None):
     parser.add_argument("--keep-model", help="copy the model folder here")
     args = parser.parse_args(argv)
 
-    from sslseg.finetune import finetune
+    from sslseg.finetuning import finetune
     from sslseg.progress import Reporter
 
     dataset, train_ids, val_ids, test_ids = split_cases(args.data, args.train, args.val, args.test, args.split_seed)

@@ -76,7 +76,7 @@ def main(argv=None):
             steps += 1
     train_seconds = time.monotonic() - started
 
-    from sslseg.finetune import dice_per_class
+    from sslseg.finetuning.evaluation import dice_per_class
 
     network.eval()
     scores = []

@@ -74,14 +74,14 @@ class _Recorder:
 
 def single_process(method, arch, patch, batch, steps, warmup, device, images, workdir, workers):
     import sslseg
-    from sslseg.pretrain.events import Reporter
+    from sslseg.pretraining.reporting import PretrainReporter
 
     out = os.path.join(workdir, f"{method}-{arch}")
     shutil.rmtree(out, ignore_errors=True)
     recorder = _Recorder()
     sslseg.pretrain(method, images=images, out=out, arch=arch, steps=steps, batch=batch, patch=patch,
-                    device=device, progress=Reporter("json", stream=recorder), report_every=1, val_every=steps,
-                    save_every=10 ** 9, workers=workers, val_batch=1)
+                    device=device, progress=PretrainReporter("json", stream=recorder), report_every=1,
+                    val_every=steps, save_every=10 ** 9, workers=workers, val_batch=1)
     return rate_from_events(recorder.events(), warmup, batch, 1)
 
 

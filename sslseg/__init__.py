@@ -21,10 +21,10 @@ _LAZY = {
     "load_dataset": ("sslseg.datasets", "load_dataset"),
     "build_network": ("sslseg.networks", "build_network"),
     "load_backbone": ("sslseg.backbones", "load_backbone"),
-    "finetune": ("sslseg.finetune", "finetune"),
+    "finetune": ("sslseg.finetuning", "finetune"),
     "predict": ("sslseg.inference", "predict"),
     "load_model": ("sslseg.model_folder", "load_model"),
-    "pretrain": ("sslseg.pretrain", "pretrain"),
+    "pretrain": ("sslseg.pretraining", "pretrain"),
 }
 
 __all__ = ["__version__", *_LAZY]

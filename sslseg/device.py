@@ -71,6 +71,16 @@ def parse_device(device) -> str:
     raise UserError(f"unknown device {device!r} (choose {DEVICE_CHOICES})")
 
 
+def device_type(device="auto") -> str:
+    """``cuda`` or ``cpu``: where ``device`` would run, without side effects (no thread change, no CUDA context)."""
+    text = parse_device(device)
+    if text == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if text.startswith("cuda") else "cpu"
+
+
 def resolve_device(device="auto", local_rank: int | None = None):
     """The torch device to run on and a one-line note for the user. ``auto`` picks CUDA when PyTorch sees a GPU;
     ``local_rank`` (under torchrun) picks that process's GPU. Asking for CUDA without one is a clear error."""

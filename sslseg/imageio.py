@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+from sslseg.atomic import atomic_file
 from sslseg.errors import UserError
+from sslseg.validation import one_line
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -104,65 +106,114 @@ def _direction3(image: sitk.Image):
     return matrix[:3, :3].ravel()
 
 
-def _nifti_problem(path: str):
-    """Why a NIfTI file is incomplete, or None. ITK reads a truncated .nii/.nii.gz silently as zeros, so the
-    header's expected data size is checked against what the (decompressed) file really holds."""
+# NIfTI datatype codes whose voxels are IEEE floats (complex types: pairs of floats), with numpy's item type
+_NIFTI_FLOAT_TYPES = {16: "f4", 32: "f4", 64: "f8", 1792: "f8"}
+
+
+@dataclass
+class _NiftiScan:
+    problem: str | None = None  # why the file is incomplete, or None
+    nonfinite: int = 0  # NaN/Inf voxel values in a float image
+
+
+def _nifti_header(stream):
+    """(sizeof_hdr, endian, dims, datatype, bitpix, vox_offset, header bytes) of a NIfTI-1/2 file, or a str saying
+    why it is not one."""
+    header = stream.read(352)
+    if len(header) < 348:
+        return "the header is incomplete"
+    for endian in "<>":
+        sizeof_hdr = struct.unpack(endian + "i", header[:4])[0]
+        if sizeof_hdr in (348, 540):
+            break
+    else:
+        return "not a NIfTI header"
+    if sizeof_hdr == 348:
+        dims = struct.unpack(endian + "8h", header[40:56])
+        datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
+        offset = int(struct.unpack(endian + "f", header[108:112])[0])
+    else:  # NIfTI-2
+        header += stream.read(540 - len(header))
+        datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
+        dims = struct.unpack(endian + "8q", header[16:80])
+        offset = struct.unpack(endian + "q", header[168:176])[0]
+    return sizeof_hdr, endian, dims, datatype, bitpix, offset, header
+
+
+def _scan_nifti(path: str, count_nonfinite: bool) -> _NiftiScan:
+    """Stream through a .nii/.nii.gz once: compare the data size with the header's promise (ITK reads a truncated
+    file silently as zeros) and, for float images, count NaN/Inf voxels. The NIfTI reference library that ITK uses
+    (nifti1_io.c, ``nifti_read_buffer``) replaces every non-finite float with 0 while reading, so the array that
+    SimpleITK returns can no longer show them; only the raw bytes can. Allocates no image-sized array."""
     opener = gzip.open if path.lower().endswith(".gz") else open
+    scan = _NiftiScan()
     try:
         with opener(path, "rb") as stream:
-            header = stream.read(352)
-            if len(header) < 348:
-                return "the header is incomplete"
-            for endian in "<>":
-                sizeof_hdr = struct.unpack(endian + "i", header[:4])[0]
-                if sizeof_hdr in (348, 540):
-                    break
-            else:
-                return "not a NIfTI header"
-            if sizeof_hdr == 348:
-                dims = struct.unpack(endian + "8h", header[40:56])
-                bitpix = struct.unpack(endian + "h", header[72:74])[0]
-                offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            else:  # NIfTI-2
-                header += stream.read(540 - len(header))
-                dims = struct.unpack(endian + "8q", header[16:80])
-                bitpix = struct.unpack(endian + "h", header[14:16])[0]
-                offset = struct.unpack(endian + "q", header[168:176])[0]
+            parsed = _nifti_header(stream)
+            if isinstance(parsed, str):
+                return _NiftiScan(parsed)
+            sizeof_hdr, endian, dims, datatype, bitpix, offset, header = parsed
             count = 1
             for d in dims[1 : 1 + max(0, min(dims[0], 7))]:
                 count *= max(int(d), 1)
-            expected = max(offset, sizeof_hdr) + count * bitpix // 8
+            start = max(offset, sizeof_hdr)
+            expected = start + count * max(int(bitpix), 0) // 8
+            item = np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype]) if count_nonfinite and \
+                datatype in _NIFTI_FLOAT_TYPES else None
             received = len(header)
+            tail = header[start:expected] if item is not None else b""
             while True:
                 chunk = stream.read(1 << 22)
+                if item is not None:  # the voxel data in hand, whole items only
+                    first, last = max(start - received, 0), max(min(expected - received, len(chunk)), 0)
+                    tail += chunk[first:last]
+                    usable = len(tail) - len(tail) % item.itemsize
+                    scan.nonfinite += int(np.count_nonzero(~np.isfinite(np.frombuffer(tail[:usable], item))))
+                    tail = tail[usable:]
                 if not chunk:
                     break
                 received += len(chunk)
     except (EOFError, OSError, zlib.error) as error:
-        return f"the compressed data is truncated or corrupt ({error})"
+        return _NiftiScan(f"the compressed data is truncated or corrupt ({error})")
     if received < expected:
-        return f"expected {expected} bytes of data but the file holds {received}"
-    return None
+        return _NiftiScan(f"expected {expected} bytes of data but the file holds {received}")
+    return scan
+
+
+def _is_nifti(path: str) -> bool:
+    return path.lower().endswith((".nii", ".nii.gz"))
 
 
 def check_nifti_complete(path) -> None:
     """Raise UserError when a .nii/.nii.gz file holds less data than its header promises (other files: no-op).
     Cheap next to reading the image: it decompresses but allocates no array."""
     path = os.fspath(path)
-    if path.lower().endswith((".nii", ".nii.gz")):
-        problem = _nifti_problem(path)
+    if _is_nifti(path):
+        problem = _scan_nifti(path, count_nonfinite=False).problem
         if problem:
             raise UserError(f"cannot read image {path}: the file is truncated or corrupt ({problem})")
 
 
-def read_sitk(path) -> sitk.Image:
+def _nonfinite_error(path: str, count: int) -> UserError:
+    return UserError(f"image {path} holds {count} NaN or infinite voxel value(s); replace them (e.g. with the "
+                     "background intensity) and try again")
+
+
+def read_sitk(path, require_finite: bool = False) -> sitk.Image:
+    """Read an image file with SimpleITK after checking that it is complete. ``require_finite``: refuse a float
+    image with NaN/Inf voxels (checked in the raw NIfTI data, since the NIfTI reader turns them into zeros)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"image file not found: {path}")
     if path.lower().endswith(".seg.nrrd"):
         raise UserError(f"{path} is a Slicer segmentation file (.seg.nrrd), not a plain image; load it in Slicer or "
                         "read it with the slicerio package")
-    check_nifti_complete(path)
+    if _is_nifti(path):
+        scan = _scan_nifti(path, count_nonfinite=require_finite)
+        if scan.problem:
+            raise UserError(f"cannot read image {path}: the file is truncated or corrupt ({scan.problem})")
+        if scan.nonfinite:
+            raise _nonfinite_error(path, scan.nonfinite)
     try:
         return sitk.ReadImage(path)
     except RuntimeError as error:
@@ -171,12 +222,17 @@ def read_sitk(path) -> sitk.Image:
 
 
 def read_image(path, dtype=None):
-    """Read an image file; returns ``(array, Geometry)``. Multi-component images give ``array[c, z, y, x]``."""
-    image = read_sitk(path)
+    """Read an image file; returns ``(array, Geometry)``. Multi-component images give ``array[c, z, y, x]``.
+    Refuses images with NaN or infinite voxels: no step of the engine has a meaning for them."""
+    image = read_sitk(path, require_finite=True)
     try:
         array = sitk.GetArrayFromImage(image)
     except RuntimeError as error:
-        raise UserError(f"cannot read voxels of {path}: {error}") from None
+        raise UserError(f"cannot read voxels of {path}: {one_line(error)}") from None
+    if np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating):
+        nonfinite = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if nonfinite:
+            raise _nonfinite_error(os.fspath(path), nonfinite)
     if image.GetNumberOfComponentsPerPixel() > 1:
         array = np.moveaxis(array, -1, 0)
     if dtype is not None:
@@ -195,16 +251,21 @@ def image_from_array(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply_to(sitk.GetImageFromArray(array))
 
 
+# Formats whose voxels live in a second file named inside the header: an atomic rename of the header alone would
+# leave that file under its temporary name.
+DETACHED_SUFFIXES = (".nhdr", ".mhd")
+
+
 def write_image(array: np.ndarray, geometry: Geometry, path, compress: bool = True) -> str:
     """Write ``array`` (z, y, x) on ``geometry`` to ``path`` (format from the suffix). Written atomically: a
-    crash never leaves a truncated file at ``path``."""
+    crash never leaves a truncated file at ``path``, nor a temporary one beside it."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    base = os.path.basename(path)
-    temporary = os.path.join(directory, f".partial-{os.getpid()}-{base}")
-    sitk.WriteImage(image_from_array(array, geometry), temporary, compress)
-    os.replace(temporary, path)
+    if path.lower().endswith(DETACHED_SUFFIXES):
+        raise UserError(f"cannot write {path}: formats with a separate data file (.nhdr, .mhd) are not written; "
+                        "use .nrrd, .mha or .nii.gz")
+    image = image_from_array(array, geometry)
+    with atomic_file(path) as partial:
+        sitk.WriteImage(image, partial, compress)
     return path
 
 

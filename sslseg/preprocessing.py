@@ -26,8 +26,25 @@ import SimpleITK as sitk
 
 from sslseg.errors import UserError
 from sslseg.imageio import Geometry, read_image, resample_to_grid
+from sslseg.validation import float_in_range, one_of, positive_float, positive_int
 
 DEFAULT_CT_RANGE = [-1000.0, 1000.0]
+MAX_CHANNELS = 64
+NORMALIZATIONS = ("zscore", "ct")
+# Resampling to a model's spacing can multiply the voxel count (a 10 mm scan at 1 mm: x1000). Above this many
+# voxels (4 GiB per float32 channel) the grid is refused before anything is allocated.
+MAX_RESAMPLED_VOXELS = 1 << 30
+
+
+def _checked_spacing(spacing, name: str):
+    """None / [] (keep the input's spacing) or three entries, each None or a positive number of millimetres."""
+    if isinstance(spacing, (str, bytes, dict)) or (spacing is not None and not hasattr(spacing, "__len__")):
+        raise UserError(f"{name} must be three sizes in mm [x, y, z] (got {spacing!r:.60})")
+    if spacing is None or len(spacing) == 0:
+        return spacing
+    if len(spacing) != 3:
+        raise UserError(f"{name} must be three sizes in mm [x, y, z] (got {spacing!r:.60})")
+    return [None if v is None else positive_float(name, v) for v in spacing]
 
 
 # --- reading and checking ------------------------------------------------------------------------------------
@@ -100,17 +117,29 @@ class Preprocessor:
     intensity_range: list = field(default_factory=lambda: list(DEFAULT_CT_RANGE))
 
     def __post_init__(self):
-        if self.normalization not in ("zscore", "ct"):
-            raise UserError(f"unknown intensity normalisation {self.normalization!r} (zscore or ct)")
+        # the values come from model.json files too: check them all, one line each
+        where = "preprocessing"
+        self.normalization = one_of(f"{where} normalization", self.normalization, NORMALIZATIONS)
+        self.in_channels = positive_int(f"{where} in_channels", self.in_channels, MAX_CHANNELS)
+        self.spacing = _checked_spacing(self.spacing, f"{where} spacing")
+        if isinstance(self.intensity_range, (str, bytes)) or not hasattr(self.intensity_range, "__len__") \
+                or len(self.intensity_range) != 2:
+            raise UserError(f"{where} intensity_range must be two numbers [low, high] (got {self.intensity_range!r})")
+        low, high = (float_in_range(f"{where} intensity_range", v) for v in self.intensity_range)
+        if not low < high:
+            raise UserError(f"{where} intensity_range must have low < high (got {[low, high]})")
+        self.intensity_range = [low, high]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocessor":
+        if not isinstance(data, dict):
+            raise UserError(f"preprocessing must be an object with spacing, normalization, ... (got {data!r:.60})")
         return cls(spacing=data.get("spacing"), normalization=data.get("normalization", "zscore"),
-                   in_channels=int(data.get("in_channels", 1)),
-                   intensity_range=list(data.get("intensity_range") or DEFAULT_CT_RANGE))
+                   in_channels=data.get("in_channels", 1),
+                   intensity_range=data.get("intensity_range") or list(DEFAULT_CT_RANGE))
 
     def target_geometry(self, geometry: Geometry) -> Geometry:
         return resampled_geometry(geometry, self.spacing)
@@ -144,15 +173,21 @@ class Preprocessor:
 
 def resampled_geometry(geometry: Geometry, spacing) -> Geometry:
     """The grid covering the same physical box as ``geometry`` at ``spacing`` ([x, y, z]); unchanged when the
-    spacing already matches within 1 %."""
+    spacing already matches within 1 %. Refuses a grid of more than ``MAX_RESAMPLED_VOXELS`` voxels."""
     if not spacing:
         return geometry
     old = np.asarray(geometry.spacing, float)
+    if not (np.isfinite(old).all() and (old > 0).all()):
+        raise UserError(f"the image's voxel spacing {tuple(geometry.spacing)} mm is not positive")
     new = np.asarray([o if s is None else float(s) for s, o in zip(spacing, old)])
     if np.allclose(old, new, rtol=0.01):
         return geometry
     size_xyz = np.asarray(list(reversed(geometry.shape)), float)
-    new_size = np.maximum(1, np.round(size_xyz * old / new)).astype(int)
+    new_size = [max(1, int(round(v))) for v in size_xyz * old / new]
+    if math.prod(new_size) > MAX_RESAMPLED_VOXELS:  # Python integers: no overflow
+        raise UserError(f"resampling the {' x '.join(map(str, size_xyz.astype(int)))} image from "
+                        f"{tuple(round(v, 4) for v in old)} mm to {tuple(round(v, 4) for v in new)} mm would give "
+                        f"{math.prod(new_size):,} voxels (at most {MAX_RESAMPLED_VOXELS:,}); crop the image first")
     direction = np.asarray(geometry.direction, float).reshape(3, 3)
     # keep the outer box: the first voxel's corner stays where it was
     corner = np.asarray(geometry.origin) - direction @ (old / 2)

@@ -1,7 +1,8 @@
 """Fine-tuning presets: how long, how big, which optimiser.
 
-- ``paper``: faithful to Wald et al. (REFERENCE.md section 1): ResEnc-L, 150k steps with 12.5k + 12.5k warm-up steps,
-  SGD Nesterov momentum 0.99, weight decay 3e-5, max lr 1e-3, batch 2 (nnU-Net's default). Days on one GPU.
+- ``paper``: faithful to Wald et al. ("Revisiting MAE pre-training for 3D medical image segmentation", CVPR 2025):
+  ResEnc-L, 150k steps with 12.5k + 12.5k warm-up steps, SGD Nesterov momentum 0.99, weight decay 3e-5, max lr 1e-3,
+  batch 2 (nnU-Net's default, Isensee et al., Nature Methods 2021). Days on one GPU.
 - ``standard``: the same recipe, shortened to 8k steps (warm-ups keep the paper's 1/12 fractions). Tens of minutes
   on a GPU.
 - ``quick``: the same recipe at 2k steps, for interactive use (a few minutes on a GPU).
@@ -12,8 +13,9 @@
 - ``test``: the tiny ``ResEncT-test`` network for the test suite only.
 
 With ``--backbone none`` every preset trains from scratch with nnU-Net's defaults instead: no warm-ups, SGD max lr
-1e-2 (``cpu``: AdamW at its own ``scratch_lr``). With a backbone, the network comes from the backbone and the
-preset's ``arch`` is ignored (the ``cpu`` preset then warns when the backbone is large).
+1e-2 (``cpu``: AdamW at its own ``scratch_lr``). With a backbone, or a fine-tuned model to continue from
+(``--init-model``), the network comes from there and the preset's ``arch`` is ignored (the ``cpu`` preset then warns
+when the network is large).
 """
 
 from __future__ import annotations

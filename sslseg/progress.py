@@ -4,8 +4,9 @@ Three modes:
 
 - ``bar``: human-readable lines and a progress bar on stderr (a redrawn bar in a terminal, a line every ~5 %
   otherwise, so that logs stay readable);
-- ``json``: one JSON object per stdout line, the team's event format (CONTRACTS.md): ``start``, ``progress``,
-  ``validation``, ``log``, ``done``, ``error``. Nothing else is written to stdout in this mode;
+- ``json``: one JSON object per stdout line (JSON Lines, https://jsonlines.org), read by the Slicer modules'
+  background-process runner: ``start``, ``progress``, ``validation``, ``log``, ``done``, ``error``. Nothing else is
+  written to stdout in this mode;
 - ``none``: silent.
 
 Example::
@@ -80,13 +81,15 @@ class Reporter:
             self._end_bar_line()
             self._text(f"[{self.prefix}] {message}")
 
-    def progress(self, phase: str, step: int, total: int, loss=None, lr=None, val_dice=None):
+    def progress(self, phase: str, step: int, total: int | None, loss=None, lr=None, val_dice=None):
+        """``total`` None (or 0): unknown length (e.g. a download without a size); no ETA then."""
+        total = int(total or 0)
         now = time.monotonic()
         if self._rate_origin is None:  # the first report starts the clock: ETA excludes start-up work
             self._rate_origin = (step, now)
         done = step - self._rate_origin[0]
         spent = now - self._rate_origin[1]
-        eta = (total - step) * spent / done if done > 0 and spent > 0 else None
+        eta = (total - step) * spent / done if total and done > 0 and spent > 0 else None
         if val_dice is not None:
             self.last_val_dice = val_dice
         elapsed = now - self.started
@@ -97,16 +100,22 @@ class Reporter:
         elif self.mode == "bar":
             self._bar(phase, step, total, loss, lr, eta)
 
-    def validation(self, step: int, dice: dict, mean_dice: float):
-        self.last_val_dice = mean_dice
+    def validation(self, step: int, dice: dict, mean_dice, loss=None):
+        """Validation Dice (fine-tuning) and/or a validation ``loss`` (pretraining has no Dice)."""
+        self.last_val_dice = mean_dice if mean_dice is not None else self.last_val_dice
         if self.mode == "json":
-            self._json({"event": "validation", "step": int(step),
-                        "dice": {name: _number(value) for name, value in dice.items()},
-                        "mean_dice": _number(mean_dice)})
+            event = {"event": "validation", "step": int(step),
+                     "dice": {name: _number(value) for name, value in (dice or {}).items()},
+                     "mean_dice": _number(mean_dice)}
+            if loss is not None:
+                event["loss"] = _number(loss)
+            self._json(event)
         elif self.mode == "bar":
             self._end_bar_line()
-            parts = ", ".join(f"{name} {value:.3f}" for name, value in dice.items())
-            self._text(f"[{self.prefix}] validation at step {step}: mean Dice {mean_dice:.3f} ({parts})")
+            parts = [f"mean Dice {mean_dice:.3f}"] if mean_dice is not None else []
+            parts += [f"{name} {value:.3f}" for name, value in (dice or {}).items()]
+            parts += [f"loss {loss:.4f}"] if loss is not None else []
+            self._text(f"[{self.prefix}] validation at step {step}: {', '.join(parts)}")
 
     def done(self, **fields):
         if self.mode == "json":

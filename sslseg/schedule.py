@@ -1,4 +1,7 @@
-"""The fine-tuning learning-rate schedule of Wald et al. (REFERENCE.md section 1), as a pure function of the step.
+"""The learning-rate schedule of every training in sslseg, as a pure function of the step: the fine-tuning schedule
+of Wald et al. ("Revisiting MAE pre-training for 3D medical image segmentation", CVPR 2025, arXiv:2410.23132,
+Table 3: decoder warm-up, whole-network warm-up, PolyLR) and, without warm-ups, nnU-Net's PolyLR (Isensee et al.,
+Nature Methods 2021), which pretraining uses too.
 
 Three phases over ``total`` steps (steps count from 0):
 
@@ -8,12 +11,13 @@ Three phases over ``total`` steps (steps count from 0):
    ``max_lr / full_steps`` to ``max_lr`` (the freshly unfrozen encoder starts gently);
 3. ``poly``: PolyLR ``max_lr * (1 - t / T) ** 0.9`` over the remaining ``T`` steps.
 
-Without warm-ups (training from scratch, nnU-Net's default) the single phase is called ``train``.
+Without warm-ups (training from scratch, nnU-Net's default; pretraining) the single phase is called ``train``.
 
 Example::
 
     schedule = Schedule(total=1000, decoder_steps=100, full_steps=100, max_lr=1e-3)
     schedule.phase(150), schedule.lr(150)     # ("full_warmup", 5.1e-4)
+    Schedule(total=250_000, max_lr=1e-2).lr(0)  # 1e-2: plain PolyLR (pretraining)
 """
 
 from __future__ import annotations

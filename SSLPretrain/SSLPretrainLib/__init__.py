@@ -1,6 +1,10 @@
-"""The work of the SSLPretrain module, free of GUI where possible (see the module file for the widget shell).
+"""The work of the SSLPretrain module; the module file ``SSLPretrain.py`` is only the shell. Map:
 
-``pretrainLogic``: the run (scene volumes or a folder -> ``sslseg pretrain`` in a background process -> a registered
-backbone); ``parameters``: the parameter node; ``widget``: the panel. Shared parts (process runner, node bridge,
-progress chart, install logic) come from ``SSLSegmentationLib``.
+- ``pretrainLogic``: ``SSLPretrainLogic`` - scene volumes or a folder -> ``sslseg pretrain`` in a background process
+  -> a registered backbone; the equivalent server command (no GUI);
+- ``parameters``: the parameter node's fields;
+- ``widget``: the panel (Qt; inside Slicer only).
+
+Shared parts come from ``SSLSegmentationLib``: ``jobs`` (background jobs, work folders), ``nodeBridge``,
+``progressChart``, ``installLogic``, ``parameterFields``, ``panelBase``.
 """

@@ -1,6 +1,7 @@
 """The module's parameters, saved with the scene: a typed parameter node (``@parameterNodeWrapper``) inside Slicer,
-built from ``FIELDS`` exactly like SSLSegmentation's (the same helpers build it). Outside Slicer ``FIELDS`` documents
-the list, and the ``.ui`` file's ``SlicerParameterName`` properties must name fields from it (checked by the tests).
+built from ``FIELDS`` by ``SSLSegmentationLib.parameterFields``, like SSLSegmentation's. Outside Slicer ``FIELDS``
+documents the list, and the ``.ui`` file's ``SlicerParameterName`` properties must name fields from it (checked by
+the tests).
 
 Example (Slicer's Python console)::
 
@@ -10,6 +11,8 @@ Example (Slicer's Python console)::
 """
 
 from __future__ import annotations
+
+from SSLSegmentationLib.parameterFields import buildParameterNode
 
 # name, type, default, what it is. Types: Python builtins or MRML node classes (list[...] for node lists).
 FIELDS = (
@@ -31,21 +34,5 @@ FIELDS = (
 FIELD_NAMES = tuple(field[0] for field in FIELDS)
 
 
-def _buildWrapper():
-    from slicer.parameterNodeWrapper import parameterNodeWrapper
-
-    from SSLSegmentationLib.parameters import _annotation
-
-    namespace = {"__annotations__": {}, "__doc__": "Parameters of the SSLPretrain module (see FIELDS)."}
-    for name, typeName, default, _ in FIELDS:
-        namespace["__annotations__"][name] = _annotation(typeName)
-        if default is not None:
-            namespace[name] = default
-    return parameterNodeWrapper(type("SSLPretrainParameterNode", (), namespace))
-
-
-try:
-    SSLPretrainParameterNode = _buildWrapper()
-except (ImportError, AttributeError):
-    # Outside Slicer (slicer-core has no parameterNodeWrapper): FIELDS still describes the parameters.
-    SSLPretrainParameterNode = None
+SSLPretrainParameterNode = buildParameterNode(
+    "SSLPretrainParameterNode", FIELDS, "Parameters of the SSLPretrain module (see FIELDS).")

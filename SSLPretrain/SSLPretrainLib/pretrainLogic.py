@@ -3,11 +3,10 @@ a folder; the finished backbone joins the backbone list of the SSLSegmentation m
 console scripts call the same methods.
 
 The run is the engine's ``sslseg pretrain ... --progress json --register NAME`` in a separate process (``PythonSlicer``
-inside Slicer), started and polled by SSLSegmentation's :class:`~SSLSegmentationLib.processRunner.ProcessRunner`
-through its :class:`~SSLSegmentationLib.segmentationLogic.Job`, so Slicer never freezes and Cancel kills the whole
-process tree. Scene volumes go out through ``nodeBridge.writeVolume`` into a temporary work folder (the nodes are
-never modified). The engine registers the backbone only after the last step; a cancelled or failed run registers
-nothing and its work folder is removed.
+inside Slicer), started and polled as a :class:`~SSLSegmentationLib.jobs.Job` (the job code both modules share), so
+Slicer never freezes and Cancel kills the whole process tree. Scene volumes go out through ``nodeBridge.writeVolume``
+into a temporary work folder (the nodes are never modified). The engine registers the backbone only after the last
+step; a cancelled or failed run registers nothing and its work folder is removed.
 
 Console examples (Slicer's Python console)::
 
@@ -25,13 +24,17 @@ Console examples (Slicer's Python console)::
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 
+from sslseg import validation
+from sslseg.device import parse_device
 from sslseg.errors import UserError
+from sslseg.pretraining import METHODS
 
-from SSLSegmentationLib.segmentationLogic import Job, JobOwner, makeTemporaryFolder
+from SSLSegmentationLib.jobs import Job, JobOwner, makeTemporaryFolder, removeStaleWorkFolders
 from SSLSegmentationLib.settings import applyHomeFolder, defaultDevice
 
 try:  # inside Slicer the logic is a ScriptedLoadableModuleLogic (parameter node support); plain object elsewhere
@@ -39,12 +42,10 @@ try:  # inside Slicer the logic is a ScriptedLoadableModuleLogic (parameter node
 except ImportError:
     _LogicBase = object
 
-METHODS = ("s3d", "mae", "volf")
 METHOD_TITLES = {"s3d": "S3D (sparse masked autoencoder)", "mae": "MAE (dense masked autoencoder)",
                  "volf": "Volume Fusion"}
 # sslseg.networks.ARCHITECTURES offered in the panel (the last one, "test", only for tests)
 ARCHITECTURES = ("ResEncL", "ResEncS-cpu", "ResEncXS-cpu", "ResEncT-test")
-DEVICES = ("auto", "cuda", "cpu")
 # The live chart (SSLSegmentationLib.progressChart curves): the interval loss of the progress events and the loss on
 # a fixed validation batch (a smooth curve).
 LOSS_CURVES = (
@@ -55,12 +56,9 @@ LOSS_CURVES = (
 SERVER_IMAGES_PLACEHOLDER = "/path/to/unlabelled/images"
 
 
-def _triple(value, kind, what):
+def _threeValues(value, what):
+    """One value (isotropic) or three, as a list of three."""
     values = [value] if isinstance(value, (int, float, str)) else list(value)
-    try:
-        values = [kind(v) for v in values]
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be numbers (got {value!r})") from None
     if len(values) not in (1, 3):
         raise UserError(f"{what} takes 1 or 3 values (got {len(values)})")
     return values * 3 if len(values) == 1 else values
@@ -79,10 +77,22 @@ class PretrainJob(Job):
             try:
                 self._cleanup()
             except Exception:  # noqa: BLE001 - the run's outcome must still be reported
-                import logging
-
                 logging.exception("SSLPretrain: cleaning up after the run failed")
         Job._processFinished(self, runner)
+
+
+def removeBackboneFromRun(name, work):
+    """Remove the backbone ``name`` (or a half-copied folder of it) from the cache only if it came from the run
+    in ``work``: registration copies the checkpoint from there and writes backbone.json last."""
+    from sslseg.backbones import cache
+
+    folder = cache.entry_dir(name)
+    if not os.path.isdir(folder):
+        return
+    meta = cache.read_meta(name)
+    origin = os.path.abspath((meta or {}).get("origin") or "")
+    if meta is None or origin.startswith(os.path.abspath(work) + os.sep):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class SSLPretrainLogic(JobOwner, _LogicBase):
@@ -96,9 +106,8 @@ class SSLPretrainLogic(JobOwner, _LogicBase):
             _LogicBase.__init__(self)
         self.temporaryFolder = temporaryFolder or makeTemporaryFolder
         applyHomeFolder()  # the HomeFolder setting becomes SSLSEG_HOME: the backbone is registered there
+        removeStaleWorkFolders()  # scene data that crashed runs left in work folders
         self.currentJob = None
-
-    # -- parameters (inside Slicer) --
 
     def getParameterNode(self):
         from .parameters import SSLPretrainParameterNode
@@ -117,15 +126,15 @@ class SSLPretrainLogic(JobOwner, _LogicBase):
 
     @staticmethod
     def checkBackboneName(name):
-        """Raise UserError when ``name`` is not a valid backbone name or already taken (a published or a registered
-        backbone); returns the name. Checked before training, not after hours of it."""
+        """Raise UserError when ``name`` is not a valid backbone name (``sslseg.backbones.cache.check_name``) or
+        already taken (a published or a registered backbone); returns the name. Checked before training, not after
+        hours of it."""
         from sslseg.backbones import cache
         from sslseg.backbones.catalog import is_catalog_name
 
         if not name or not str(name).strip():
             raise UserError("choose a name for the new backbone")
-        name = str(name).strip()
-        cache.check_name(name)
+        name = cache.check_name(str(name).strip())
         if is_catalog_name(name):
             raise UserError(f"'{name}' is the name of a published backbone; choose another name")
         if cache.read_meta(name) or os.path.exists(cache.entry_dir(name)):
@@ -148,26 +157,24 @@ class SSLPretrainLogic(JobOwner, _LogicBase):
 
     @staticmethod
     def _checkOptions(method, arch, steps, batch, patch, spacing, device):
-        if method not in METHODS:
-            raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-        if device not in DEVICES:
-            raise UserError(f"unknown device {device!r}; choose auto, cuda or cpu")
+        """``(patch, spacing)`` as three values each, after checking every option (``sslseg.validation``)."""
         from sslseg.networks import architecture_kwargs, total_stride
 
+        if method not in METHODS:
+            raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        parse_device(device)
         try:
             config = architecture_kwargs(arch)
         except (KeyError, ValueError, UserError):
             raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES[:-1])}") from None
-        if int(steps) < 1 or int(batch) < 1:
-            raise UserError("steps and batch size must be at least 1")
-        patch = _triple(patch, int, "the patch size")
-        spacing = _triple(spacing, float, "the spacing")
+        validation.positive_int("steps", steps)
+        validation.positive_int("batch size", batch)
+        patch = validation.patch_size("the patch size", _threeValues(patch, "the patch size"))
+        spacing = [validation.positive_float("the spacing", s) for s in _threeValues(spacing, "the spacing")]
         stride = total_stride(config)
         if any(p < s or p % s for p, s in zip(patch, stride)):
             raise UserError(f"the patch size {' x '.join(map(str, patch))} must be a multiple of {arch}'s total "
                             f"stride {' x '.join(map(str, stride))}")
-        if any(s <= 0 for s in spacing):
-            raise UserError("the spacing must be positive millimetres")
         return patch, spacing
 
     @staticmethod
@@ -184,9 +191,13 @@ class SSLPretrainLogic(JobOwner, _LogicBase):
         return nodes
 
     @staticmethod
-    def _guessModality(volumeNode):
-        low = volumeNode.GetImageData().GetScalarRange()[0]
-        return "CT" if low <= -900 else "MR"  # as SSLSegmentation guesses: air in HU
+    def _checkImageSource(nodes, imageFolder):
+        if nodes and imageFolder:
+            raise UserError("choose scene volumes or an image folder, not both")
+        if not nodes and not imageFolder:
+            raise UserError("no images: choose volumes from the scene or a folder of images")
+        if imageFolder and not os.path.exists(os.fspath(imageFolder)):
+            raise UserError(f"the image folder {imageFolder} does not exist")
 
     # -- pretraining --
 
@@ -205,78 +216,65 @@ class SSLPretrainLogic(JobOwner, _LogicBase):
 
         Returns the registered backbone name (``waitForCompletion=True``) or a :class:`Job` whose ``result`` it is.
         Nothing is registered unless training finished; the input volumes are never modified."""
-        device = device or defaultDevice()  # None: the Device setting (auto when unset)
+        from SSLSegmentationLib import nodeBridge
+
+        device = parse_device(device or defaultDevice())  # None: the Device setting (auto when unset)
         patch, spacing = self._checkOptions(method, arch, steps, batch, patch, spacing, device)
         nodes = self._checkVolumes(volumeNodes)
-        if nodes and imageFolder:
-            raise UserError("choose scene volumes or an image folder, not both")
-        if not nodes and not imageFolder:
-            raise UserError("no images: choose volumes from the scene or a folder of images")
-        if imageFolder and not os.path.exists(os.fspath(imageFolder)):
-            raise UserError(f"the image folder {imageFolder} does not exist")
+        self._checkImageSource(nodes, imageFolder)
         name = self.checkBackboneName(backboneName) if backboneName else self.suggestBackboneName(method, arch)
         if modality is None and nodes:
-            modality = self._guessModality(nodes[0])
+            modality = nodeBridge.guessModality(nodes[0])
+        seed = validation.seed(seed, "seed")
         self._refuseIfRunning()
-
-        from sslseg.backbones import cache
-        from SSLSegmentationLib import nodeBridge
 
         work = self.temporaryFolder("SSLPretrain-")
         try:
-            if nodes:
-                images = os.path.join(work, "images")
-                for index, node in enumerate(nodes):
-                    nodeBridge.writeVolume(node, os.path.join(images, f"volume_{index:03d}.nii.gz"))
-            else:
-                images = os.path.abspath(os.fspath(imageFolder))
-            out = os.path.join(work, "run")
-            args = ["pretrain", "--method", method, "--images", images, "--out", out, "--arch", arch,
-                    "--steps", str(int(steps)), "--batch", str(int(batch)), "--patch", *map(str, patch),
-                    "--spacing", *(f"{s:g}" for s in spacing), "--device", device, "--seed", str(int(seed)),
-                    "--progress", "json", "--register", name]
-            if modality:
-                args += ["--modality", str(modality)]
-            args += [str(a) for a in (extraArgs or [])]
+            images = self._exportImages(nodes, work) if nodes else os.path.abspath(os.fspath(imageFolder))
+            args = ["pretrain", "--method", method, "--images", images, "--out", os.path.join(work, "run"),
+                    "--arch", arch, "--steps", str(int(steps)), "--batch", str(int(batch)), "--patch",
+                    *map(str, patch), "--spacing", *(f"{s:g}" for s in spacing), "--device", device,
+                    "--seed", str(seed), "--progress", "json", "--register", name]
+            args += (["--modality", str(modality)] if modality else []) + [str(a) for a in (extraArgs or [])]
+            job = PretrainJob("pretraining", args, workFolder=work, onEvent=onProgress, onLog=onLog,
+                              onFinished=onFinished, complete=lambda done: self._registered(done, name),
+                              cleanup=lambda: removeBackboneFromRun(name, work))
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-
-        def complete(done):
-            registered = done.get("registered")
-            if registered != name or not cache.read_meta(name):
-                raise UserError(f"pretraining finished but the backbone was not registered as '{name}' "
-                                f"(engine reported: {registered!r})")
-            return name
-
-        def cleanup():
-            # Registration copies the checkpoint from our work folder and writes backbone.json last: remove a
-            # backbone (or a half-copied folder) under our name only if it came from this run.
-            folder = cache.entry_dir(name)
-            if not os.path.isdir(folder):
-                return
-            meta = cache.read_meta(name)
-            origin = os.path.abspath((meta or {}).get("origin") or "")
-            if meta is None or origin.startswith(os.path.abspath(work) + os.sep):
-                shutil.rmtree(folder, ignore_errors=True)
-
-        job = PretrainJob("pretraining", args, workFolder=work, complete=complete, onEvent=onProgress, onLog=onLog,
-                          onFinished=onFinished, cleanup=cleanup)
         job.backboneName = name
         return self._run(job, waitForCompletion)
+
+    @staticmethod
+    def _exportImages(nodes, work):
+        from SSLSegmentationLib import nodeBridge
+
+        images = os.path.join(work, "images")
+        for index, node in enumerate(nodes):
+            nodeBridge.writeVolume(node, os.path.join(images, f"volume_{index:03d}.nii.gz"))
+        return images
+
+    @staticmethod
+    def _registered(done, name):
+        from sslseg.backbones import cache
+
+        registered = done.get("registered")
+        if registered != name or not cache.read_meta(name):
+            raise UserError(f"pretraining finished but the backbone was not registered as '{name}' "
+                            f"(engine reported: {registered!r})")
+        return name
 
     def serverCommand(self, method="s3d", imageFolder=None, arch="ResEncL", steps=250000, batch=2, patch=160,
                       spacing=1.0, processes=8, nodes=1, backboneName=None, outputFolder=None):
         """The equivalent command for a GPU server (``torchrun`` with ``processes`` GPUs on each of ``nodes``
-        machines; plain ``sslseg pretrain`` for one process), from the engine's ``sslseg.pretrain.command_line``.
+        machines; plain ``sslseg pretrain`` for one process), from the engine's ``sslseg.pretraining.command_line``.
         Scene volumes are not on the server: their place is a placeholder folder. The backbone lands in
         ``outputFolder`` (default ``runs/<backboneName>``) as ``checkpoint_final.pth``; bring it back with the
         SSLSegmentation module's "Import file..." (``importBackbone``)."""
-        from sslseg.pretrain import command_line
+        from sslseg.pretraining import command_line
 
         patch, spacing = self._checkOptions(method, arch, steps, batch, patch, spacing, "auto")
         out = outputFolder or f"runs/{backboneName or f'{method}-{arch}'}"
         return command_line(method, imageFolder or SERVER_IMAGES_PLACEHOLDER, out, arch=arch, steps=int(steps),
                             batch=int(batch), patch=patch, spacing=spacing, processes=max(int(processes), 1),
                             nodes=max(int(nodes), 1))
-

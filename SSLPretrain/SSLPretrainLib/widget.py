@@ -1,14 +1,13 @@
 """The module panel: Qt wiring only. Every action calls ``SSLPretrainLogic`` (the same calls work in the Python
-console); the run is a background process polled by a timer, so Slicer stays responsive. The progress handling,
-live chart, install check and job handling are SSLSegmentation's (``SSLSegmentationLib``).
+console); the run is a background process polled by a timer, so Slicer stays responsive. The panel base, live
+chart and install check are shared with SSLSegmentation (``SSLSegmentationLib``). The SSL Segmentation panel lists
+a new backbone when it is next entered.
 
 Runs inside Slicer only (Qt, CTK and MRML widgets). The widget names used here exist in
 ``Resources/UI/SSLPretrain.ui`` (checked by the tests).
 """
 
 from __future__ import annotations
-
-import logging
 
 import qt
 import slicer
@@ -190,7 +189,6 @@ class SSLPretrainWidgetImpl(ModulePanelBase):
                 self.ui.progressBar.setValue(100)
                 self.ui.statusLabel.setText(_("Backbone '{name}' registered: choose it in the SSL Segmentation "
                                               "module.").format(name=job.result))
-                self._refreshSegmentationModule()
             elif job.status == "cancelled":
                 self.ui.statusLabel.setText(_("Cancelled: no backbone was registered."))
             else:
@@ -210,16 +208,6 @@ class SSLPretrainWidgetImpl(ModulePanelBase):
         if self.job is not None:
             self.ui.statusLabel.setText(_("Starting: backbone '{name}'").format(name=self.job.backboneName))
             self.showChart()
-
-    def _refreshSegmentationModule(self):
-        """The SSL Segmentation panel, when it was opened, lists the new backbone at once."""
-        widget = getattr(slicer.modules, "SSLSegmentationWidget", None)
-        impl = getattr(widget, "impl", None)
-        if impl is not None:
-            try:
-                impl.refreshBackbones()
-            except Exception:  # noqa: BLE001 - a stale list is no reason to report the run as failed
-                logging.exception("SSLPretrain: could not refresh the SSL Segmentation backbone list")
 
     # -- server command --
 

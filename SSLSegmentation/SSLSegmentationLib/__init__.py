@@ -1,4 +1,21 @@
-"""The work of the SSLSegmentation module, free of GUI where possible (see the module file for the widget shell).
+"""The work of the SSLSegmentation module; the module file ``SSLSegmentation.py`` is only the shell. Map:
 
-``nodeBridge``: MRML nodes <-> engine arrays and files (volumes, segmentations, safe segmentation loading).
+Logic (no GUI; the console and the panel call the same code):
+
+- ``segmentationLogic``: ``SSLSegmentationLogic`` - fine-tune on scene pairs, segment volumes, backbones;
+- ``trainingData``: training pairs -> an nnU-Net dataset folder for the engine (checks first);
+- ``nodeBridge``: MRML nodes <-> engine arrays and files (volumes, segmentations, geometry in LPS);
+- ``modelStore``: the models folder (add, list, rename, delete, export/import ``.sslmodel`` files);
+- ``settings``: the extension's Slicer settings (engine home, models folder, device).
+
+Shared with SSLPretrain (neutral names, no module-specific code):
+
+- ``jobs``: ``Job`` / ``JobOwner`` (one background engine command at a time) and the work folders;
+- ``processRunner``: a child process read without blocking, its JSON progress events, Cancel of its process tree;
+- ``installLogic``: the Python packages at first use (torch through the PyTorch extension);
+- ``parameterFields``: typed parameter nodes built from a table of fields;
+- ``progressChart``: a live training chart from MRML plot nodes;
+- ``panelBase``: what both panels share (Qt; inside Slicer only).
+
+Panel (Qt; inside Slicer only): ``widget`` and ``parameters`` (the parameter node's fields).
 """

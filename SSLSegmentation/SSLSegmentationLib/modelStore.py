@@ -5,7 +5,9 @@ Default folder: the Slicer setting ``SSLSegmentation/ModelsFolder`` when set, el
 (``SSLSEG_HOME`` defaults to ``~/.sslseg``, the engine's home, where backbones are cached too).
 
 Every change is atomic: a model appears under its name only when complete (``addModel`` and ``importModel`` stage
-into a hidden sibling first), so an interrupted copy never shows up as a model.
+into a hidden sibling first), so an interrupted copy never shows up as a model. Only a model's own files
+(``model.json`` and ``model.pt``, regular files) are ever copied in, and a model is loaded (checked) before it is
+added: a symbolic link in a model folder could otherwise bring any file of the computer into the models folder.
 
 Example (Slicer's Python console)::
 
@@ -19,7 +21,8 @@ Example (Slicer's Python console)::
 
 from __future__ import annotations
 
-import json
+import errno
+import logging
 import os
 import re
 import shutil
@@ -29,7 +32,6 @@ from sslseg.errors import UserError
 
 from .settings import readSetting
 
-MODEL_JSON = "model.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$")
 
 
@@ -67,10 +69,15 @@ class ModelStore:
         return os.path.join(self.folder, checkModelName(name))
 
     def _existing(self, name):
+        from sslseg.model_folder import MODEL_JSON
+
         path = self.modelPath(name)
         if not os.path.isfile(os.path.join(path, MODEL_JSON)):
             raise UserError(f"no model named {name!r} in {self.folder}")
         return path
+
+    def _staging(self, name, what):
+        return os.path.join(self.folder, f".{name}.{what}-{os.getpid()}-{int(time.time() * 1000)}")
 
     def uniqueName(self, base):
         base = suggestModelName(base)
@@ -82,18 +89,19 @@ class ModelStore:
 
     def listModels(self):
         """``[{"name", "path", "created", "backbone", "labels", "mean_dice", "size_mb"}]`` sorted by name; folders
-        without a readable ``model.json`` (half-written, foreign) are left out."""
+        without a valid ``model.json`` (half-written, foreign) are left out."""
+        from sslseg.model_folder import read_model_meta
+
         models = []
         if not os.path.isdir(self.folder):
             return models
         for name in sorted(os.listdir(self.folder), key=str.lower):
             path = os.path.join(self.folder, name)
-            if name.startswith(".") or not os.path.isfile(os.path.join(path, MODEL_JSON)):
+            if name.startswith(".") or not os.path.isdir(path):
                 continue
             try:
-                with open(os.path.join(path, MODEL_JSON), encoding="utf-8") as stream:
-                    meta = json.load(stream)
-            except (OSError, json.JSONDecodeError):
+                meta = read_model_meta(path)
+            except UserError:
                 continue
             size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
                        if os.path.isfile(os.path.join(path, f)))
@@ -113,7 +121,12 @@ class ModelStore:
 
     def addModel(self, sourceFolder, name, move=True):
         """Put a finished model folder into the store under ``name`` (a unique name is NOT invented: an existing
-        name is refused). Staged as a hidden sibling, then renamed into place. Returns the new path."""
+        name is refused). Staged as a hidden sibling, then renamed into place. Returns the new path.
+
+        ``move``: the source folder is renamed (same disk) or copied and then removed. Whatever fails, the source
+        folder keeps the model: it is never removed before the model is in place."""
+        from sslseg.model_folder import MODEL_JSON
+
         name = checkModelName(name)
         target = os.path.join(self.folder, name)
         if os.path.exists(target):
@@ -121,16 +134,20 @@ class ModelStore:
         if not os.path.isfile(os.path.join(sourceFolder, MODEL_JSON)):
             raise UserError(f"{sourceFolder} is not a model folder (no {MODEL_JSON})")
         os.makedirs(self.folder, exist_ok=True)
-        staging = os.path.join(self.folder, f".{name}.adding-{os.getpid()}-{int(time.time() * 1000)}")
+        staging = self._staging(name, "adding")
+        renamed = move and _renameIfSameDisk(sourceFolder, staging)
         try:
-            if move:
-                shutil.move(os.fspath(sourceFolder), staging)  # a rename on the same disk, a copy otherwise
-            else:
-                shutil.copytree(sourceFolder, staging)
+            if not renamed:
+                copyModelFiles(sourceFolder, staging)
             os.rename(staging, target)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            if renamed:
+                _renameBack(staging, sourceFolder)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
             raise
+        if move and not renamed:
+            shutil.rmtree(sourceFolder, ignore_errors=True)
         return target
 
     def renameModel(self, name, newName):
@@ -147,7 +164,7 @@ class ModelStore:
     def deleteModel(self, name):
         path = self._existing(name)
         # rename first so that a partly deleted folder never looks like a model
-        trash = os.path.join(self.folder, f".{os.path.basename(path)}.deleting-{os.getpid()}")
+        trash = self._staging(os.path.basename(path), "deleting")
         os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -162,8 +179,9 @@ class ModelStore:
         return pack_model(self._existing(name), filePath)
 
     def importModel(self, filePath, name=None):
-        """Add a model from a ``.sslmodel`` file or a model folder; it is loaded first (safely), so a damaged file
-        is refused and nothing is added. Returns the new model's path."""
+        """Add a model from a ``.sslmodel`` file or a model folder. Only ``model.json`` and ``model.pt`` are copied
+        (a symbolic link is refused), and the copy is loaded (safely) before it is added, so a damaged or foreign
+        model is refused and nothing is added. Returns the new model's path."""
         from sslseg.model_folder import PACKED_SUFFIX, load_model, unpack_model
 
         filePath = os.fspath(filePath)
@@ -173,15 +191,61 @@ class ModelStore:
         name = checkModelName(name) if name else self.uniqueName(base)
         if os.path.exists(os.path.join(self.folder, name)):
             raise UserError(f"a model named {name!r} already exists")
+        if os.path.isdir(filePath):
+            checkModelFiles(filePath)  # before anything is created
         os.makedirs(self.folder, exist_ok=True)
-        staging = os.path.join(self.folder, f".{name}.importing-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = self._staging(name, "importing")
         try:
             if os.path.isdir(filePath):
-                load_model(filePath)
-                shutil.copytree(filePath, staging)
+                copyModelFiles(filePath, staging)
+                load_model(staging)  # the copy is what gets added: check the copy
             else:
-                unpack_model(filePath, staging)
+                unpack_model(filePath, staging)  # checks the archive before writing
             return self.addModel(staging, name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def checkModelFiles(folder):
+    """The paths of a model folder's own files (``model.json``, ``model.pt``); UserError when one is missing, not a
+    regular file, or a symbolic link (which could point at any file of the computer)."""
+    from sslseg.model_folder import MODEL_JSON, WEIGHTS
+
+    paths = []
+    for fileName in (MODEL_JSON, WEIGHTS):
+        path = os.path.join(os.fspath(folder), fileName)
+        if os.path.islink(path):
+            raise UserError(f"{folder}: {fileName} is a symbolic link; a model folder must hold its own files")
+        if not os.path.isfile(path):
+            raise UserError(f"{folder} is not a model folder: {fileName} is missing or not a regular file")
+        paths.append(path)
+    return paths
+
+
+def copyModelFiles(source, target):
+    """Copy a model folder's own files (see ``checkModelFiles``) into the new folder ``target``; nothing else."""
+    from sslseg.atomic import copy_file_atomic
+
+    paths = checkModelFiles(source)
+    os.makedirs(target)
+    for path in paths:
+        copy_file_atomic(path, os.path.join(target, os.path.basename(path)))
+    return target
+
+
+def _renameIfSameDisk(source, target):
+    """Rename ``source`` to ``target``; False (nothing changed) when they are on different disks."""
+    try:
+        os.rename(source, target)
+    except OSError as error:
+        if error.errno == errno.EXDEV:
+            return False
+        raise
+    return True
+
+
+def _renameBack(staging, source):
+    try:
+        os.rename(staging, source)
+    except OSError:
+        logging.error("SSLSegmentation: the model could not be moved back to %s; it is at %s", source, staging)

@@ -3,7 +3,8 @@
 Arrays follow the engine (``sslseg.imageio``): numpy order ``array[z, y, x]`` and a ``Geometry`` in ITK's LPS space
 (spacing/origin in x, y, z millimetres, direction as 9 row-major values). Slicer works in RAS: the conversion flips
 the first two axes. Nothing here modifies the nodes it reads; new nodes are only created by
-``labelArrayToSegmentationNode`` and ``loadSegmentationFile``, and temporary nodes are removed before returning.
+``labelArrayToSegmentationNode``. The temporary nodes a call creates (and the display, storage and colour nodes
+Slicer makes for them) are removed before it returns; nodes that other modules add meanwhile are left alone.
 
 Console examples (Slicer's Python console)::
 
@@ -13,13 +14,10 @@ Console examples (Slicer's Python console)::
     labels, names = nodeBridge.segmentationToLabelArray(getNode("Segmentation"), volume, ["Anterior", "Posterior"])
     result = nodeBridge.labelArrayToSegmentationNode(labels, names, volume, name="Prediction")
     nodeBridge.writeVolume(volume, "/tmp/case_0000.nii.gz")
+    nodeBridge.guessModality(volume)       # "CT" or "MR"
 """
 
 from __future__ import annotations
-
-import gzip
-import os
-import zlib
 
 import numpy as np
 
@@ -76,11 +74,6 @@ def geometryFromIJKToRAS(ijkToRAS, shape) -> Geometry:
     )
 
 
-def ijkToRASFromGeometry(geometry: Geometry) -> vtk.vtkMatrix4x4:
-    """The IJK-to-RAS ``vtkMatrix4x4`` of an engine ``Geometry`` (inverse of ``geometryFromIJKToRAS``)."""
-    return slicer.util.vtkMatrixFromArray(_RAS_TO_LPS @ geometry.index_to_physical())
-
-
 def volumeGeometry(volumeNode) -> Geometry:
     """The volume's voxel grid as an engine ``Geometry`` in world coordinates (parent linear transforms hardened).
 
@@ -126,6 +119,19 @@ def writeVolume(volumeNode, path) -> str:
     return write_image(array, geometry, path)
 
 
+def guessModality(volumeNode) -> str:
+    """"CT" when the volume holds air-like values (at most -900: Hounsfield units), else "MR": the intensity
+    normalisation nnU-Net would choose from the channel name (CT windowing or z-score).
+
+    Example::
+
+        nodeBridge.guessModality(getNode("CTChest"))   # "CT"
+    """
+    imageData = volumeNode.GetImageData() if volumeNode is not None else None
+    low = imageData.GetScalarRange()[0] if imageData is not None else 0
+    return "CT" if low <= -900 else "MR"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # segmentations
 # ----------------------------------------------------------------------------------------------------------------
@@ -150,20 +156,44 @@ def segmentIDsByName(segmentationNode, segmentNames=None):
     return [byName[name] for name in segmentNames]
 
 
-def _removeNodesAddedSince(scene, keepNodeIDs, exceptNodes=()):
-    """Remove the nodes added to the scene since ``keepNodeIDs`` was taken (temporary nodes with the display,
-    storage and colour nodes they brought), keeping ``exceptNodes`` and the nodes they reference."""
-    keep = set(keepNodeIDs)
-    for node in exceptNodes:
-        keep.add(node.GetID())
+class _TemporaryNodes:
+    """Nodes a call creates for its own use, removed at the end with the helper nodes Slicer made for them (their
+    display and storage nodes, and a colour table that did not exist before the call). Only these go: nodes that
+    observers of other modules add meanwhile stay."""
+
+    def __init__(self, scene):
+        self.scene = scene
+        self.nodes = []
+        self._before = _nodeIDs(scene)
+
+    def add(self, className, name):
+        node = self.scene.AddNewNodeByClass(className, name)
+        self.nodes.append(node)
+        return node
+
+    def _helpers(self, node):
+        helpers = []
         for index in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
-            keep.add(node.GetNthDisplayNodeID(index))
-        if hasattr(node, "GetStorageNodeID") and node.GetStorageNodeID():
-            keep.add(node.GetStorageNodeID())
-    for nodeID in sorted(_nodeIDs(scene) - keep):
-        node = scene.GetNodeByID(nodeID)
-        if node is not None:
-            scene.RemoveNode(node)
+            display = node.GetNthDisplayNode(index)
+            helpers.append(display)
+            colorID = display.GetColorNodeID() if display is not None and hasattr(display, "GetColorNodeID") \
+                else None
+            if colorID and colorID not in self._before:
+                helpers.append(self.scene.GetNodeByID(colorID))
+        if hasattr(node, "GetStorageNode"):
+            helpers.append(node.GetStorageNode())
+        return helpers
+
+    def removeAll(self, keep=()):
+        """Remove the created nodes except ``keep`` (with their helper nodes)."""
+        keepIDs = {node.GetID() for node in keep}
+        doomed = []
+        for node in self.nodes:
+            if node.GetID() not in keepIDs:
+                doomed += [node] + self._helpers(node)
+        for node in doomed:
+            if node is not None and node.GetScene() is self.scene:
+                self.scene.RemoveNode(node)
 
 
 def _nodeIDs(scene):
@@ -200,17 +230,16 @@ def segmentationToLabelArray(segmentationNode, referenceVolumeNode, segmentNames
     if not segmentIDs:
         return np.zeros(shape, dtype), labels
 
-    scene = segmentationNode.GetScene()
-    keep = _nodeIDs(scene)
+    temporary = _TemporaryNodes(segmentationNode.GetScene())
     try:
         source = segmentationNode
         binaryName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
         if not segmentation.ContainsRepresentation(binaryName):
             # the export would add a labelmap representation to the user's node: convert a copy instead
-            source = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "__sslseg_temp_copy__")
+            source = temporary.add("vtkMRMLSegmentationNode", "__sslseg_temp_copy__")
             source.GetSegmentation().DeepCopy(segmentation)
             source.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
-        labelmapNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__sslseg_temp_labels__")
+        labelmapNode = temporary.add("vtkMRMLLabelMapVolumeNode", "__sslseg_temp_labels__")
         # the exported labelmap is in the reference volume's local frame, under the same transform
         labelmapNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
         ids = vtk.vtkStringArray()
@@ -226,7 +255,7 @@ def segmentationToLabelArray(segmentationNode, referenceVolumeNode, segmentNames
             raise UserError(f"The exported labelmap has shape {exported.shape}, expected {shape}.")
         labelArray = exported.astype(dtype, copy=True)
     finally:
-        _removeNodesAddedSince(scene, keep)
+        temporary.removeAll()
     return labelArray, labels
 
 
@@ -279,10 +308,9 @@ def labelArrayToSegmentationNode(labelArray, labels, referenceVolumeNode, name=N
     contiguous = lookup[labelArray.astype(np.int64)]
     contiguous = contiguous.astype(np.uint8 if len(values) < 256 else np.uint16)
 
-    scene = referenceVolumeNode.GetScene()
-    volumeName = referenceVolumeNode.GetName()
-    keep = _nodeIDs(scene)
-    segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{volumeName} segmentation")
+    temporary = _TemporaryNodes(referenceVolumeNode.GetScene())
+    segmentationNode = temporary.add("vtkMRMLSegmentationNode",
+                                     name or f"{referenceVolumeNode.GetName()} segmentation")
     try:
         segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
@@ -296,7 +324,7 @@ def labelArrayToSegmentationNode(labelArray, labels, referenceVolumeNode, name=N
                 segmentation.GetSegment(segmentID).SetColor(*[float(c) for c in color[:3]])
             segmentIDs.InsertNextValue(segmentID)
         if present:
-            labelmapNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__sslseg_temp_labels__")
+            labelmapNode = temporary.add("vtkMRMLLabelMapVolumeNode", "__sslseg_temp_labels__")
             matrix = vtk.vtkMatrix4x4()
             referenceVolumeNode.GetIJKToRASMatrix(matrix)
             labelmapNode.SetIJKToRASMatrix(matrix)
@@ -307,9 +335,9 @@ def labelArrayToSegmentationNode(labelArray, labels, referenceVolumeNode, name=N
                 raise UserError("Could not import the labels into a segmentation.")
         _placeBeside(segmentationNode, referenceVolumeNode)
     except Exception:
-        _removeNodesAddedSince(scene, keep)  # a failed call leaves the scene as it was
+        temporary.removeAll()  # a failed call leaves the scene as it was
         raise
-    _removeNodesAddedSince(scene, keep, exceptNodes=[segmentationNode])
+    temporary.removeAll(keep=[segmentationNode])
     return segmentationNode
 
 
@@ -327,127 +355,3 @@ def _placeBeside(node, referenceNode):
         shNode.SetItemParent(item, parent)
     else:
         shNode.CreateItem(parent, node)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# files
-# ----------------------------------------------------------------------------------------------------------------
-_NRRD_TYPE_BYTES = {
-    "signed char": 1, "int8": 1, "int8_t": 1, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
-    "short": 2, "short int": 2, "signed short": 2, "signed short int": 2, "int16": 2, "int16_t": 2,
-    "ushort": 2, "unsigned short": 2, "unsigned short int": 2, "uint16": 2, "uint16_t": 2,
-    "int": 4, "signed int": 4, "int32": 4, "int32_t": 4, "uint": 4, "unsigned int": 4, "uint32": 4, "uint32_t": 4,
-    "longlong": 8, "long long": 8, "long long int": 8, "signed long long": 8, "signed long long int": 8,
-    "int64": 8, "int64_t": 8, "ulonglong": 8, "unsigned long long": 8, "unsigned long long int": 8,
-    "uint64": 8, "uint64_t": 8, "float": 4, "double": 8,
-}
-
-
-def checkNrrdFile(path):
-    """Raise UserError unless ``path`` is a complete NRRD file (header fields, data size after decompression).
-
-    Slicer's segmentation reader aborts the whole application on a truncated or malformed ``.seg.nrrd`` (an
-    uncaught ITK exception), so files are checked with this pure-Python reader before Slicer sees them."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"File not found: {path}")
-
-    def bad(reason):
-        return UserError(f"Cannot read {path}: {reason}. The file is truncated or corrupt.")
-
-    with open(path, "rb") as stream:
-        if not stream.read(8).startswith(b"NRRD000"):
-            raise bad("it is not a NRRD file")
-        stream.seek(0)
-        fields = {}
-        headerBytes = 0
-        while True:
-            line = stream.readline(1 << 20)
-            headerBytes += len(line)
-            if not line:
-                raise bad("the header does not end")
-            if line in (b"\n", b"\r\n"):
-                break
-            text = line.decode("latin-1").rstrip("\r\n")
-            if text.startswith("#") or ":=" in text:  # comments and key:=value pairs (segment metadata)
-                continue
-            if ":" in text:
-                key, value = text.split(":", 1)
-                fields[key.strip().lower()] = value.strip()
-        try:
-            dimension = int(fields["dimension"])
-            sizes = [int(v) for v in fields["sizes"].split()]
-            itemBytes = _NRRD_TYPE_BYTES[fields["type"].lower()]
-            encoding = fields["encoding"].lower()
-        except (KeyError, ValueError) as error:
-            raise bad(f"its header lacks or garbles {error}") from None
-        if len(sizes) != dimension or dimension < 1 or min(sizes) < 1:
-            raise bad(f"its sizes {sizes} do not match dimension {dimension}")
-        if "data file" in fields or "datafile" in fields:
-            raise UserError(f"{path} is a detached NRRD header; save the segmentation as one .seg.nrrd file.")
-        expected = int(np.prod(sizes, dtype=np.int64)) * itemBytes
-        try:
-            if encoding == "raw":
-                received = os.path.getsize(path) - headerBytes
-            elif encoding in ("gzip", "gz"):
-                received = 0
-                with gzip.GzipFile(fileobj=stream) as data:
-                    while True:
-                        chunk = data.read(1 << 22)
-                        if not chunk:
-                            break
-                        received += len(chunk)
-            else:
-                raise bad(f"its encoding '{encoding}' is not supported here (raw or gzip)")
-        except (EOFError, OSError, zlib.error) as error:
-            raise bad(f"the compressed data is incomplete ({error})") from None
-    if received < expected:
-        raise bad(f"it holds {received} bytes of voxel data, its header announces {expected}")
-
-
-def _checkFileComplete(path):
-    """UserError for a truncated or damaged NRRD/NIfTI, before Slicer's readers see it; returns the path."""
-    path = os.fspath(path)
-    lower = path.lower()
-    if lower.endswith((".nrrd", ".nhdr")):
-        checkNrrdFile(path)
-    elif lower.endswith((".nii", ".nii.gz")):
-        from sslseg.imageio import check_nifti_complete
-
-        check_nifti_complete(path)  # ITK would read a truncated NIfTI silently as zeros
-    return path
-
-
-def loadSegmentationFile(path, name=None):
-    """Load a segmentation file (``.seg.nrrd``, or a label image) as a new segmentation node, after checking that
-    a ``.seg.nrrd``/``.nrrd`` is complete (see ``checkNrrdFile``), so that a damaged file gives a UserError instead
-    of ending Slicer.
-
-    Example::
-
-        node = nodeBridge.loadSegmentationFile("/data/case_001.seg.nrrd")
-    """
-    path = _checkFileComplete(path)
-    properties = {"name": name} if name else {}
-    try:
-        return slicer.util.loadSegmentation(path, properties)
-    except RuntimeError as error:
-        raise UserError(f"Cannot load segmentation {path}: {error}") from None
-
-
-def loadVolumeFile(path, name=None, labelmap=False):
-    """Load an image file as a new volume node after checking that it is complete: ITK reads a truncated NIfTI
-    silently as zeros, and a damaged NRRD can end the application. Raises UserError for such files.
-
-    Example::
-
-        volume = nodeBridge.loadVolumeFile("/data/imagesTs/case_0000.nii.gz")
-    """
-    path = _checkFileComplete(path)
-    properties = {"labelmap": bool(labelmap)}
-    if name:
-        properties["name"] = name
-    try:
-        return slicer.util.loadVolume(path, properties)
-    except RuntimeError as error:
-        raise UserError(f"Cannot load volume {path}: {error}") from None

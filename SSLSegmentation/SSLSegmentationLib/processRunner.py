@@ -10,9 +10,9 @@ calls ``poll()`` (Slicer's main thread), never in the reader threads.
 
 Example (console)::
 
-    runner = ProcessRunner(engineCommand(["predict", "--model", model, "--input", path, "--output", out,
-                                          "--progress", "json"]),
-                           onEvent=lambda event: print(event.get("event"), event.get("step")))
+    from SSLSegmentationLib.jobs import engineCommand
+    argv, env = engineCommand(["predict", "--model", model, "--input", path, "--output", out, "--progress", "json"])
+    runner = ProcessRunner(argv, env=env, onEvent=lambda event: print(event.get("event"), event.get("step")))
     runner.start()
     runner.waitForCompletion()      # raises ProcessFailed with the engine's message when it failed
 """
@@ -120,19 +120,22 @@ class ProcessRunner:
     - ``onEvent(event: dict)`` for each JSON object printed on stdout (``{"event": "progress", ...}``);
     - ``onLog(text: str)`` for every other output line (stderr, non-JSON stdout) and for ``log`` events;
     - ``onFinished(runner)`` once, after the process ended (check ``runner.status``: "succeeded", "failed",
-      "cancelled").
+      "cancelled");
+    - ``onPoll()`` at each ``poll()`` while the process runs (e.g. to show that its work folder is in use).
 
     After the end: ``returncode``, ``status``, ``result`` (the ``done`` event, or None), ``errorMessage``,
     ``events`` (all parsed events), ``stderrTail`` (last lines of stderr).
     """
 
-    def __init__(self, args, env=None, cwd=None, onEvent=None, onLog=None, onFinished=None, keepEvents=True):
+    def __init__(self, args, env=None, cwd=None, onEvent=None, onLog=None, onFinished=None, keepEvents=True,
+                 onPoll=None):
         self.args = [str(a) for a in args]
         self.env = env
         self.cwd = cwd
         self.onEvent = onEvent
         self.onLog = onLog
         self.onFinished = onFinished
+        self.onPoll = onPoll
         self.keepEvents = keepEvents
         self.process = None
         self.returncode = None
@@ -220,6 +223,7 @@ class ProcessRunner:
         the process is running (or its last output is still being handled)."""
         if self.process is None or self._finishedReported:
             return False
+        self._call(self.onPoll)
         self._drain()
         if self.process.poll() is None:
             return True

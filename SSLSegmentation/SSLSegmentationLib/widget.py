@@ -77,7 +77,9 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
     # -- parameter node --
 
     def enter(self):
+        """Entering the module lists what changed meanwhile: backbones pretrained in SSLPretrain, models."""
         ModulePanelBase.enter(self)
+        self.refreshBackbones()
         self.refreshModels()
 
     def setParameterNode(self, parameterNode: SSLSegmentationParameterNode):

@@ -4,8 +4,10 @@
 - ``list_backbones()``, ``import_checkpoint(path, name=None)``, ``download_backbone(name, progress=None)``,
   ``inspect(source)``
 
-Importing this package also registers the MIS-FM ``FMUNet`` network family with ``sslseg.networks`` (cheaply: the
-network code and torch are imported only when an FMUNet is built). See the README section "Backbones".
+Map of the package: ``api`` (the functions above), ``catalog`` (+ ``catalog.json``, the public checkpoints),
+``cache`` and ``download`` (the local store), ``safe_load`` (weights-only reading), the format readers ``nnssl``
+(ResEnc checkpoints) and ``misfm`` (FMUNet checkpoints), ``transfer`` (tensor copying by the network family's
+weight layout, see ``sslseg.networks``) and ``report`` (``LoadReport``). See the README section "Backbones".
 
 Example::
 
@@ -14,7 +16,6 @@ Example::
     print(report.summary())
 """
 
-from . import misfm as _misfm  # noqa: F401  (registers the FMUNet family)
 from .api import import_checkpoint, inspect, list_backbones, load_backbone
 from .download import download_backbone
 from .report import LoadReport, PartCounts

@@ -2,21 +2,32 @@
 
 A folder holds the checkpoint under its original file name, ``adaptation_plan.json`` when the format has one, and
 ``backbone.json`` (what it is, where it came from, its sha256). ``backbone.json`` is written last, so a folder
-without it is not a finished backbone; downloads and imports stage files as ``.partial-*`` first.
+without it is not a finished backbone. Downloads stage files as ``.partial-*`` in the folder; imports stage a whole
+new folder beside it and swap it in. One download or import of a name runs at a time: it holds the lock file
+``backbones/.<name>.lock`` (``flock`` on POSIX, ``msvcrt.locking`` on Windows).
+
+Example::
+
+    from sslseg.backbones import cache
+    with cache.exclusive("my-s3d"):
+        ...                                   # nobody else downloads or imports my-s3d meanwhile
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
-import json
 import os
 import re
 
+from sslseg.atomic import partial_path, remove_quietly, write_json_atomic
 from sslseg.errors import UserError
+from sslseg.validation import read_json_file
 
 META_FILE = "backbone.json"
 PLAN_FILE = "adaptation_plan.json"
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def sslseg_home() -> str:
@@ -27,9 +38,14 @@ def backbones_dir() -> str:
     return os.path.join(sslseg_home(), "backbones")
 
 
+def is_valid_name(name) -> bool:
+    return isinstance(name, str) and bool(_NAME_PATTERN.fullmatch(name))
+
+
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_PATTERN.match(name) or name in (".", ".."):
-        raise UserError(f"invalid backbone name {name!r}: use letters, digits, '.', '_' or '-' (at most 100)")
+    if not is_valid_name(name):
+        raise UserError(f"invalid backbone name {name!r}: use letters, digits, '.', '_' or '-' (at most 100, "
+                        "starting with a letter or digit)")
     return name
 
 
@@ -38,26 +54,20 @@ def entry_dir(name: str) -> str:
 
 
 def read_meta(name: str):
-    """``backbone.json`` of a cached backbone, or None when it is not (completely) in the cache."""
+    """``backbone.json`` of a cached backbone, or None when it is not (completely, readably) in the cache."""
     path = os.path.join(entry_dir(name), META_FILE)
     if not os.path.isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as stream:
-            meta = json.load(stream)
-    except (OSError, ValueError):
+        meta = read_json_file(path, META_FILE, expect=dict)
+    except UserError:
         return None
-    checkpoint = os.path.join(entry_dir(name), meta.get("checkpoint", ""))
-    return meta if meta.get("checkpoint") and os.path.isfile(checkpoint) else None
-
-
-def write_json_atomic(obj, path: str):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = os.path.join(os.path.dirname(path), f".partial-{os.getpid()}-{os.path.basename(path)}")
-    with open(partial, "w", encoding="utf-8") as stream:
-        json.dump(obj, stream, indent=2)
-        stream.write("\n")
-    os.replace(partial, path)
+    checkpoint = meta.get("checkpoint")
+    # a plain file name inside the folder: a garbled or hostile backbone.json must not point elsewhere
+    if not isinstance(checkpoint, str) or not checkpoint or os.path.basename(checkpoint) != checkpoint \
+            or checkpoint in (".", ".."):
+        return None
+    return meta if os.path.isfile(os.path.join(entry_dir(name), checkpoint)) else None
 
 
 def write_meta(name: str, meta: dict):
@@ -68,7 +78,7 @@ def cached_names() -> list:
     root = backbones_dir()
     if not os.path.isdir(root):
         return []
-    return sorted(name for name in os.listdir(root) if _NAME_PATTERN.match(name) and read_meta(name))
+    return sorted(name for name in os.listdir(root) if is_valid_name(name) and read_meta(name))
 
 
 def cached_checkpoint(name: str):
@@ -83,3 +93,112 @@ def sha256_of(path: str, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: stream.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def staging_dir(name: str) -> str:
+    """A new, private folder beside ``<name>/`` to assemble a backbone in (removed by the caller on failure)."""
+    folder = partial_path(entry_dir(name))
+    os.makedirs(folder)
+    return folder
+
+
+def install(name: str, staged: str):
+    """Put the finished folder ``staged`` in place of ``<name>/``. The old folder is moved aside first and put
+    back if the swap fails, so a registration is either the old one or the new one."""
+    target = entry_dir(name)
+    if not os.path.lexists(target):
+        os.rename(staged, target)
+        return
+    old = partial_path(target)
+    os.rename(target, old)
+    try:
+        os.rename(staged, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    remove_quietly(old)
+
+
+def remove_if_empty(name: str):
+    """Remove ``<name>/`` when a failed download left it empty (nothing to resume, nothing registered)."""
+    with contextlib.suppress(OSError):
+        os.rmdir(entry_dir(name))
+
+
+@contextlib.contextmanager
+def exclusive(name: str):
+    """Hold the lock of backbone ``name`` for a download or import; UserError at once when another process (or
+    thread) holds it. The lock file is removed on release."""
+    check_name(name)
+    os.makedirs(backbones_dir(), exist_ok=True)
+    path = os.path.join(backbones_dir(), f".{name}.lock")
+    descriptor = _acquire(path, name)
+    try:
+        yield
+    finally:
+        _release(path, descriptor)
+
+
+class _Busy(Exception):
+    """Another process (or thread) holds the lock."""
+
+
+def _acquire(path: str, name: str):
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock(descriptor)
+        except _Busy:
+            os.close(descriptor)
+            raise UserError(f"another download or import of {name} is in progress; wait for it to finish (or stop "
+                            "it) and try again") from None
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        # the holder before us removes the file as it releases: a lock on a removed file locks nothing
+        if current is not None and os.path.samestat(current, os.fstat(descriptor)):
+            os.write(descriptor, f"{os.getpid()}\n".encode())
+            return descriptor
+        _unlock(descriptor)
+        os.close(descriptor)
+
+
+def _release(path: str, descriptor: int):
+    remove_quietly(path)      # POSIX: removed while still held, so nobody can lock the old file after us
+    _unlock(descriptor)
+    os.close(descriptor)
+
+
+def _lock(descriptor: int):
+    if os.name == "nt":
+        import msvcrt
+
+        try:
+            msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            raise _Busy() from None
+        return
+    import fcntl
+
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _Busy() from None
+    except OSError as error:
+        # a file system without locks (some network mounts): go on unlocked rather than refuse every download
+        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+
+
+def _unlock(descriptor: int):
+    with contextlib.suppress(OSError):
+        if os.name == "nt":
+            import msvcrt
+
+            os.lseek(descriptor, 0, os.SEEK_SET)
+            msvcrt.locking(descriptor, msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(descriptor, fcntl.LOCK_UN)

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import os
 
 from sslseg.errors import UserError
+from sslseg.validation import read_json_file
 
 CATALOG_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalog.json")
 
 
 @functools.lru_cache(maxsize=1)
 def _catalog() -> dict:
-    with open(CATALOG_PATH, encoding="utf-8") as stream:
-        return json.load(stream)["backbones"]
+    catalog = read_json_file(CATALOG_PATH, "the backbone catalog", expect=dict)
+    if not isinstance(catalog.get("backbones"), dict):
+        raise UserError(f"the backbone catalog ({CATALOG_PATH}) has no `backbones` object; reinstall sslseg")
+    return catalog["backbones"]
 
 
 def catalog_names() -> list:

@@ -1,7 +1,5 @@
-"""MIS-FM (PyMIC) checkpoints: ``{"model_state_dict": ..., ...}`` as saved by PyMIC, and the FMUNet family.
-
-Importing this module registers the ``FMUNet`` family with ``sslseg.networks`` (``build_from_spec`` /
-``split_parameters`` for specs ``{"family": "FMUNet", ...}``); torch is imported only when a network is built.
+"""MIS-FM (PyMIC) checkpoints: ``{"model_state_dict": ..., ...}`` as saved by PyMIC, read into the FMUNet family
+of ``sslseg.networks`` (spec ``{"family": "FMUNet", ...}``; its weight layout names the parts).
 FMUNet loads encoder and decoder (as PyMIC's ``ckpt_init_mode`` does), with a new head for the target classes.
 PCT-Net (Swin blocks, fixed input size) is recognised and refused with a clear message: not supported yet.
 """
@@ -9,7 +7,7 @@ PCT-Net (Swin blocks, fixed input size) is recognised and refused with a clear m
 from __future__ import annotations
 
 from sslseg.errors import UserError
-from sslseg.networks import register_family
+from sslseg.networks import build_from_spec, layout_of
 
 from .report import LoadReport
 from .transfer import check_encoder, transfer
@@ -18,29 +16,8 @@ FORMAT = "misfm"
 FAMILY = "FMUNet"
 
 
-def _build(config, in_channels, num_classes):
-    from .fmunet import FMUNet
-
-    return FMUNet(in_channels, num_classes, config)
-
-
-register_family(FAMILY, _build, encoder_prefixes=("project.", "encoder."), decoder_prefixes=("decoder.", "out_layers."))
-
-
 def is_misfm(checkpoint) -> bool:
     return isinstance(checkpoint, dict) and isinstance(checkpoint.get("model_state_dict"), dict)
-
-
-def part_of(name: str) -> str:
-    if name.startswith("project."):
-        return "stem"
-    if name.startswith("encoder."):
-        return "encoder"
-    if name.startswith("out_layers."):
-        return "head"
-    if name.startswith("decoder."):
-        return "decoder"
-    return "other"
 
 
 def infer_config(state: dict) -> dict:
@@ -58,8 +35,6 @@ def infer_config(state: dict) -> dict:
 
 def load(checkpoint: dict, path: str, name: str, num_classes: int, in_channels: int = 1,
          load_decoder: bool = True, catalog_entry: dict = None):
-    from sslseg.networks import build_from_spec
-
     from .catalog import plan_from_entry
     from .nnssl import strip_prefixes
 
@@ -87,13 +62,14 @@ def load(checkpoint: dict, path: str, name: str, num_classes: int, in_channels: 
                         in_channels=in_channels)
     load_parts = {"stem", "encoder"} | ({"decoder"} if load_decoder else set())
     # the pretext's deep-supervision outputs (out_layers.1-3) have no counterpart in a single-output network
+    layout = layout_of(spec)
     heads = len(network.out_layers)
-    extra = [key for key in state if key.startswith("out_layers.") and int(key.split(".")[1]) >= heads]
+    extra = [key for key in state if layout.part_of(key) == "head" and int(key.split(".")[1]) >= heads]
     state = {key: value for key, value in state.items() if key not in set(extra)}
-    transfer(network, state, report, part_of, load_parts, in_proj=("project",))
+    transfer(network, state, report, layout, load_parts)
     report.head.skipped += len(extra)
     report.parameters = sum(p.numel() for p in network.parameters())
-    head_in_checkpoint = sorted({key.split(".")[1] for key in state if key.startswith("out_layers.")})
+    head_in_checkpoint = sorted({key.split(".")[1] for key in state if layout.part_of(key) == "head"})
     report.notes.append(f"new segmentation head (out_layers.0) for {num_classes} classes; the checkpoint's "
                         f"out_layers {', '.join(head_in_checkpoint) or '-'} (pretext classes) are not used")
     if plan.get("spacing") is None:

@@ -14,8 +14,9 @@ The format, as read here (checked against MIC-DKFZ/nnssl and the Hugging Face re
   ("encoder.stages"), ``key_to_stem`` ("encoder.stem"), ``keys_to_in_proj``.
 
 Loading: the encoder (stem + stages) is transferred, as in nnssl's fine-tuning; the decoder and the segmentation
-head start fresh (``load_decoder=True`` also takes the pretrained decoder where shapes match). The
-``decoder.encoder.*`` duplicates are ignored. SparK-converted (S3D) checkpoints keep the trained tensors under
+head start fresh (``load_decoder=True`` also takes the pretrained decoder where shapes match). The parts are those
+of the ResEnc family's weight layout (``sslseg.networks.resenc.LAYOUT``), whose ``decoder.encoder.*`` duplicates
+are ignored. SparK-converted (S3D) checkpoints keep the trained tensors under
 ``all_modules.*`` and stale ones under ``conv.*``/``norm.*``: when the two differ, ``all_modules.*`` is used and
 the report says so.
 """
@@ -26,12 +27,12 @@ import json
 import os
 
 from sslseg.errors import UserError
+from sslseg.networks import ARCHITECTURES, architecture_kwargs, build_from_spec, layout_of
 
 from .report import LoadReport
 from .transfer import check_encoder, transfer
 
 FORMAT = "nnssl"
-DEFAULT_IN_PROJ = ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")
 _NORMALIZATION = {"zscorenormalization": "zscore", "ctnormalization": "ct", "zscore": "zscore", "ct": "ct",
                   "noNormalization".lower(): "none", "rescaleto01normalization": "rescale01"}
 _RESENC_KEYS = ("n_stages", "features_per_stage", "kernel_sizes", "strides", "n_blocks_per_stage",
@@ -76,8 +77,6 @@ def find_plan(checkpoint: dict, path: str, fallback: dict = None):
 
 def network_spec(adaptation_plan: dict) -> dict:
     """The sslseg network spec (family ResEnc) an adaptation plan describes."""
-    from sslseg.networks import ARCHITECTURES, architecture_kwargs
-
     arch = adaptation_plan.get("architecture_plans") or {}
     name = arch.get("arch_class_name") or "ResEncL"
     kwargs = arch.get("arch_kwargs")
@@ -126,7 +125,8 @@ def plan_fields(adaptation_plan: dict, checkpoint: dict, catalog_plan: dict = No
     patch = adaptation_plan.get("recommended_downstream_patchsize") or pretrain.get("patch_size") \
         or configuration.get("patch_size")
     in_channels = adaptation_plan.get("pretrain_num_input_channels") or pretrain.get("in_channels") or 1
-    method = pretrain.get("method") or catalog_plan.get("method") or _method_from_trainer(checkpoint.get("trainer_name"))
+    method = (pretrain.get("method") or catalog_plan.get("method")
+              or _method_from_trainer(checkpoint.get("trainer_name")))
     return {
         "spacing": [float(s) for s in spacing] if spacing is not None else catalog_plan.get("spacing"),
         "normalization": normalization or catalog_plan.get("normalization") or "zscore",
@@ -148,20 +148,6 @@ def _method_from_trainer(trainer) -> str:
     return "unknown"
 
 
-def part_of(name: str) -> str:
-    if name.startswith("decoder.encoder."):
-        name = name[len("decoder."):]
-    if name.startswith("encoder.stem."):
-        return "stem"
-    if name.startswith("encoder."):
-        return "encoder"
-    if name.startswith("decoder.seg_layers."):
-        return "head"
-    if name.startswith("decoder."):
-        return "decoder"
-    return "other"
-
-
 def prefer_all_modules(names, tensors):
     for name in names:
         if ".all_modules." in name:
@@ -172,8 +158,6 @@ def prefer_all_modules(names, tensors):
 def load(checkpoint: dict, path: str, name: str, num_classes: int, in_channels: int = 1,
          load_decoder: bool = False, catalog_entry: dict = None):
     """``(network, report)`` from an nnssl checkpoint dict already read safely from ``path``."""
-    from sslseg.networks import build_from_spec
-
     from .catalog import plan_from_entry
 
     catalog_plan = plan_from_entry(catalog_entry) if catalog_entry else None
@@ -187,10 +171,10 @@ def load(checkpoint: dict, path: str, name: str, num_classes: int, in_channels: 
     network = build_from_spec(spec, in_channels, num_classes)
     report = LoadReport(name=name, source=path, format=FORMAT, spec=spec, plan=plan, num_classes=num_classes,
                         in_channels=in_channels, trainer=checkpoint.get("trainer_name"))
-    in_proj = tuple(adaptation_plan.get("keys_to_in_proj") or DEFAULT_IN_PROJ)
+    layout = layout_of(spec)
+    in_proj = tuple(adaptation_plan.get("keys_to_in_proj") or layout.in_proj)
     load_parts = {"stem", "encoder"} | ({"decoder"} if load_decoder else set())
-    differing = transfer(network, state, report, part_of, load_parts, prefer=prefer_all_modules, in_proj=in_proj,
-                         duplicate_prefixes=("decoder.encoder.",))
+    differing = transfer(network, state, report, layout, load_parts, prefer=prefer_all_modules, in_proj=in_proj)
     report.parameters = sum(p.numel() for p in network.parameters())
     if differing:
         used = sorted({".all_modules." in chosen for _, chosen in differing})

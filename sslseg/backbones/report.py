@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
-PARTS = ("stem", "encoder", "decoder", "head")
+from sslseg.networks.layout import PARTS  # stem, encoder, decoder, head: each family's WeightLayout
 
 
 @dataclasses.dataclass

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import traceback
 
 from sslseg.errors import UserError
@@ -29,3 +32,26 @@ def run_reported(reporter, work):
         reporter.error(f"{type(error).__name__}: {error}")
         traceback.print_exc(file=sys.stderr)
         raise SystemExit(1) from None
+
+
+@contextlib.contextmanager
+def sigterm_cancels():
+    """Within the block, SIGTERM (how Slicer's Cancel and most job schedulers stop a process) raises
+    KeyboardInterrupt like Ctrl-C, so that the same cleanup runs: no half-written model or ``.partial`` file stays.
+    Only the first SIGTERM interrupts; later ones are ignored while that cleanup runs (SIGKILL still ends the
+    process). Outside the main thread, where Python cannot install handlers, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def cancel(signum, frame):
+        if not received:
+            received.append(signum)
+            raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from sslseg.commands._common import add_progress_argument, run_reported
-from sslseg.errors import UserError
+from sslseg.commands._common import add_progress_argument, run_reported, sigterm_cancels
 
 EPILOG = """examples:
   sslseg finetune --backbone none --data ../shared/data/Task04_Hippocampus --out models/hippo --preset cpu
@@ -52,22 +49,23 @@ def add_parser(subparsers):
     parser.add_argument("--max-memory-gb", type=float,
                         help="GPU memory limit: batch/patch are reduced and gradient checkpointing enabled to fit")
     parser.add_argument("--pack", metavar="FILE", help="also pack the model into one .sslmodel file")
+    parser.add_argument("--init-model", metavar="PATH",
+                        help="continue from a fine-tuned model folder or .sslmodel: its trained weights are the "
+                             "starting point and the recipe's warm-ups run again")
     add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
 
 
-def _label_info(args):
-    if args.label_info:
-        try:
-            with open(args.label_info, encoding="utf-8") as stream:
-                info = json.load(stream)
-        except (OSError, json.JSONDecodeError) as error:
-            raise UserError(f"cannot read --label-info {args.label_info}: {error}") from None
-        if not isinstance(info, list) or not all(isinstance(e, dict) and "value" in e for e in info):
-            raise UserError("--label-info must be a JSON list of {\"value\": ..., \"name\": ..., \"color\": ...}")
-        return info
-    return None
+def _check_options(args):
+    """Every option checked before any data is read (one line naming the option otherwise)."""
+    from sslseg.finetuning.options import check_finetune_options
+
+    return check_finetune_options(
+        steps=args.steps, batch_size=args.batch_size, patch_size=args.patch, seed=args.seed, max_lr=args.max_lr,
+        time_limit=args.time_limit, val_cases=args.val_cases, max_memory_gb=args.max_memory_gb,
+        label_info=args.label_info, preset=args.preset, device=args.device, out=args.out, pack=args.pack,
+        init_model=args.init_model)
 
 
 def run(args):
@@ -76,19 +74,24 @@ def run(args):
     reporter = Reporter(args.progress, prefix="finetune")
 
     def work():
-        from sslseg.finetune import finetune
+        options = _check_options(args)
+        import sslseg  # sslseg.finetune: the API function, wherever its module lives
         from sslseg.model_folder import pack_model
 
         names = {i + 1: n for i, n in enumerate(args.label_names)} if args.label_names else None
-        path = finetune(args.backbone, data=args.data, images=args.images, labels=args.labels, out=args.out,
-                        preset=args.preset, device=args.device, steps=args.steps, val_cases=args.val_cases,
-                        seed=args.seed, progress=reporter, label_names=names, label_info=_label_info(args),
-                        time_limit=args.time_limit, max_memory_gb=args.max_memory_gb, batch_size=args.batch_size,
-                        patch_size=args.patch, max_lr=args.max_lr, arch=args.arch)
-        if args.pack:
-            reporter.log(f"packed model: {pack_model(path, args.pack)}")
+        # passed only when given, so that an engine without the keyword keeps working
+        extra = {"init_model": options.init_model} if options.init_model else {}
+        path = sslseg.finetune(
+            args.backbone, data=args.data, images=args.images, labels=args.labels, out=options.out,
+            preset=options.preset, device=options.device, steps=options.steps, val_cases=options.val_cases,
+            seed=options.seed, progress=reporter, label_names=names, label_info=options.label_info,
+            time_limit=options.time_limit, max_memory_gb=options.max_memory_gb, batch_size=options.batch_size,
+            patch_size=options.patch_size, max_lr=options.max_lr, arch=args.arch, **extra)
+        if options.pack:
+            reporter.log(f"packed model: {pack_model(path, options.pack)}")
         if args.progress == "bar":
             print(f"model written to {path}")
         return 0
 
-    return run_reported(reporter, work)
+    with sigterm_cancels():
+        return run_reported(reporter, work)

@@ -10,11 +10,16 @@ Examples::
 """
 
 import json
-import sys
+
+from sslseg.commands._common import add_progress_argument, run_reported
 
 DESCRIPTION = """Pretrained backbones: the public MAE/S3D/Volume Fusion weights of the catalog, files you imported
 and backbones you pretrained. Files are cached in $SSLSEG_HOME/backbones (default ~/.sslseg/backbones).
 Without internet access (or behind a blocking proxy) download a file elsewhere and `sslseg models import` it."""
+# the largest network `inspect` builds for its report: label values fit in a byte; more input channels than this
+# is not an image any backbone was pretrained for
+MAX_CLASSES = 256
+MAX_CHANNELS = 64
 
 
 def add_parser(subparsers):
@@ -29,7 +34,7 @@ def add_parser(subparsers):
     download = actions.add_parser("download", help="download a catalog backbone into the cache (resumable)")
     download.add_argument("name")
     download.add_argument("--force", action="store_true", help="download again even when cached")
-    download.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    add_progress_argument(download)
     download.set_defaults(func=run_download)
 
     importing = actions.add_parser(
@@ -68,39 +73,36 @@ def run_list(args):
     return 0
 
 
-def _progress_printer(mode):
-    if mode == "none":
-        return None
-    state = {"last": -1}
+def _download_progress(reporter):
+    """``progress(done, total)`` for download_backbone: a ``progress`` event (phase "download", step/total in
+    bytes) at each whole percent, or every 16 MiB when the size is unknown."""
+    last = {"mark": None}
 
     def report(done, total):
-        if mode == "json":
-            step = done // (16 << 20)
-            if step != state["last"] or (total and done >= total):
-                state["last"] = step
-                print(json.dumps({"event": "progress", "phase": "download", "step": done, "total": total}),
-                      flush=True)
+        mark = done * 100 // total if total else done >> 24
+        if mark == last["mark"] and not (total and done >= total):
             return
-        if total:
-            print(f"\r{done / 1e6:8.1f} / {total / 1e6:.1f} MB ({100 * done / total:5.1f} %)", end="",
-                  file=sys.stderr, flush=True)
-        else:
-            print(f"\r{done / 1e6:8.1f} MB", end="", file=sys.stderr, flush=True)
+        last["mark"] = mark
+        reporter.progress(phase="download", step=done, total=total or 0)
 
     return report
 
 
 def run_download(args):
-    from sslseg.backbones import download_backbone
+    from sslseg.progress import Reporter
 
-    path = download_backbone(args.name, progress=_progress_printer(args.progress), force=args.force)
-    if args.progress == "bar":
-        print(file=sys.stderr)
-    if args.progress == "json":
-        print(json.dumps({"event": "done", "model": path}))
-    else:
-        print(path)
-    return 0
+    reporter = Reporter(args.progress, prefix="models download")
+
+    def work():
+        from sslseg.backbones import download_backbone
+
+        path = download_backbone(args.name, progress=_download_progress(reporter), force=args.force)
+        reporter.done(model=path)
+        if args.progress != "json":
+            print(path)
+        return 0
+
+    return run_reported(reporter, work)
 
 
 def run_import(args):
@@ -114,8 +116,11 @@ def run_import(args):
 
 def run_inspect(args):
     from sslseg.backbones import inspect
+    from sslseg.validation import positive_int
 
-    result = inspect(args.source, num_classes=args.num_classes, in_channels=args.in_channels)
+    num_classes = positive_int("--num-classes", args.num_classes, maximum=MAX_CLASSES)
+    in_channels = positive_int("--in-channels", args.in_channels, maximum=MAX_CHANNELS)
+    result = inspect(args.source, num_classes=num_classes, in_channels=in_channels)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     elif result.get("loaded"):

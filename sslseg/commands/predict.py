@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from sslseg.commands._common import add_progress_argument, run_reported
+from sslseg.commands._common import add_progress_argument, run_reported, sigterm_cancels
 
 EPILOG = """examples:
   sslseg predict --model models/hippo --input case.nii.gz --output segmentations/ --seg-nrrd
   sslseg predict --model hippo.sslmodel --input scans/ --output segmentations/ --tta --progress json
 
 Each input gives <case>.nii.gz (label values on the input's exact grid) and, with --seg-nrrd, a Slicer
-<case>.seg.nrrd with segment names and colours."""
+<case>.seg.nrrd with segment names and colours. Everything is checked before the model is loaded: the options,
+every output path (no output may land on an input, a link to one included; no two inputs may share a name) and
+every input (readable, complete, the model's channel count, no NaN/Inf voxels)."""
 
 
 def add_parser(subparsers):
@@ -22,14 +24,15 @@ def add_parser(subparsers):
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder or packed .sslmodel file")
     parser.add_argument("--input", required=True, nargs="+", help="image file(s) or folder(s)")
-    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--output", required=True,
+                        help="output folder (refused where an output would replace an input file)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cuda, cuda:N or cpu")
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="average over the 8 mirrorings (default: on with CUDA, off on CPU)")
     parser.add_argument("--seg-nrrd", action="store_true", help="also write Slicer .seg.nrrd files")
     parser.add_argument("--format", choices=("nii.gz", "nii", "nrrd"), default="nii.gz", help="label file format")
-    parser.add_argument("--batch-size", type=int, default=2, help="windows per forward pass (default 2)")
+    parser.add_argument("--batch-size", type=int, default=2, help="windows per forward pass, at least 1 (default 2)")
     add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
@@ -51,4 +54,5 @@ def run(args):
                 print(path)
         return 0
 
-    return run_reported(reporter, work)
+    with sigterm_cancels():  # Cancel in Slicer sends SIGTERM: stop cleanly, no half-written file
+        return run_reported(reporter, work)

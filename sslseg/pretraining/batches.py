@@ -1,5 +1,5 @@
 """Training batches as a map-style dataset indexed by step: ``batches[step]`` is the whole batch of that step,
-drawn from a generator seeded with ``(seed, rank, step)`` (see :mod:`sslseg.pretrain.data`). A DataLoader with
+drawn from a generator seeded with ``(seed, rank, step)`` (see :mod:`sslseg.pretraining.data`). A DataLoader with
 ``batch_size=None`` and ``sampler=range(first_step, steps)`` runs it in worker processes.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sslseg.pretrain import volume_fusion
-from sslseg.pretrain.data import sample_patch
+from sslseg.pretraining import volume_fusion
+from sslseg.pretraining.data import sample_patch
 
 
 class PretrainBatches(torch.utils.data.Dataset):

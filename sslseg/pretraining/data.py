@@ -1,6 +1,7 @@
-"""Unlabelled volumes for pretraining: finding them, a pre-flight that skips unusable ones, preprocessing
-(resampling to the target spacing, z-score) into a cache, and patch sampling with the paper's light spatial
-augmentation.
+"""Unlabelled volumes for pretraining: finding them, a pre-flight that skips unusable ones (from the header first:
+spacing, dimensions, the voxel count after resampling), preprocessing (resampling to the target spacing, z-score)
+into a cache, and patch sampling with the light spatial augmentation of Wald et al. (arXiv:2410.23132: rotation,
+scaling, mirroring; no intensity augmentation).
 
 Batches are a pure function of ``(seed, rank, step)``: every step draws from its own seeded generator. That makes
 ``--resume`` continue exactly (no data-loader state to save), keeps DataLoader workers independent, and gives each
@@ -24,8 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from sslseg.atomic import atomic_file, write_json_atomic
 from sslseg.errors import UserError
 from sslseg.imageio import has_image_suffix, read_sitk
+from sslseg.validation import read_json_file
 
 # Pre-flight limits. A volume outside them is skipped with the reason, never silently.
 MIN_SPACING_MM = 0.05
@@ -33,6 +36,9 @@ MAX_SPACING_MM = 10.0
 MAX_ANISOTROPY = 12.0  # largest / smallest spacing
 MIN_AXIS_VOXELS = 8  # after resampling to the target spacing
 MIN_VOXELS = 4096
+# The most voxels one volume may have after resampling (as the largest patch sslseg.validation accepts): 512^3
+# float32 voxels are 512 MiB while preprocessing. A header announcing more is skipped before anything is read.
+MAX_RESAMPLED_VOXELS = 512 ** 3
 
 # Augmentation of the paper (nnssl defaults): no intensity augmentation.
 ROTATION_PROBABILITY = 0.2
@@ -58,12 +64,13 @@ def list_images(source) -> list:
         if has_image_suffix(source):
             return [os.path.abspath(source)]
         base = os.path.dirname(os.path.abspath(source))
-        paths = []
-        with open(source, encoding="utf-8") as stream:
-            for line in stream:
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    paths.append(line if os.path.isabs(line) else os.path.join(base, line))
+        try:
+            with open(source, encoding="utf-8") as stream:
+                lines = [line.strip() for line in stream]
+        except UnicodeDecodeError:
+            raise UserError(f"--images: the list file {source} is not UTF-8 text") from None
+        paths = [line if os.path.isabs(line) else os.path.join(base, line)
+                 for line in lines if line and not line.startswith("#")]
         if not paths:
             raise UserError(f"the list file {source} names no images")
         return paths
@@ -93,8 +100,7 @@ def _cache_key(path: str, spacing) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
-def _spacing_problem(image: sitk.Image):
-    spacing = image.GetSpacing()[:3]
+def _spacing_problem(spacing):
     if not all(math.isfinite(s) and s > 0 for s in spacing):
         return f"invalid spacing {tuple(spacing)}"
     if min(spacing) < MIN_SPACING_MM or max(spacing) > MAX_SPACING_MM:
@@ -104,62 +110,102 @@ def _spacing_problem(image: sitk.Image):
     return None
 
 
+def resampled_size(size, spacing, target_spacing) -> list:
+    """The grid (x, y, z voxels) that resampling ``size`` voxels of ``spacing`` mm onto ``target_spacing`` gives
+    (Python numbers: no overflow whatever the header says)."""
+    return [max(1, int(round(n * s / t))) for n, s, t in zip(size, spacing, target_spacing)]
+
+
 def resample_to_spacing(image: sitk.Image, spacing) -> sitk.Image:
     """Linear resampling onto the target spacing (x, y, z) with the same origin and direction."""
-    old_spacing = np.asarray(image.GetSpacing()[:3], float)
-    new_spacing = np.asarray(spacing, float)
-    if np.allclose(old_spacing, new_spacing, rtol=1e-4):
+    old_spacing = [float(s) for s in image.GetSpacing()[:3]]
+    if np.allclose(old_spacing, spacing, rtol=1e-4):
         return image
-    old_size = np.asarray(image.GetSize()[:3], float)
-    new_size = [max(1, int(round(v))) for v in old_size * old_spacing / new_spacing]
+    new_size = resampled_size(image.GetSize()[:3], old_spacing, spacing)
     return sitk.Resample(image, new_size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
-                         tuple(new_spacing), image.GetDirection(), 0.0, sitk.sitkFloat32)
+                         tuple(float(s) for s in spacing), image.GetDirection(), 0.0, sitk.sitkFloat32)
 
 
-def prepare_volume(path: str, spacing, cache_dir: str):
-    """Pre-flight and preprocess one image. Returns ``(Volume, None)`` or ``(None, reason)``."""
-    cache_file = os.path.join(cache_dir, _cache_key(path, spacing) + ".npy")
-    meta_file = cache_file[:-4] + ".json"
-    if os.path.isfile(cache_file) and os.path.isfile(meta_file):
-        with open(meta_file, encoding="utf-8") as stream:
-            meta = json.load(stream)
-        return Volume(path, cache_file, tuple(meta["shape"]), meta["background"]), None
+def _header_problem(path: str, spacing):
+    """Why an image cannot be used, from its header alone (nothing is read or resampled yet); None if usable."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
     try:
-        image = read_sitk(path)
-    except UserError as error:
-        return None, f"unreadable ({error})"
-    if image.GetNumberOfComponentsPerPixel() > 1 or image.GetDimension() != 3:
-        return None, "not a single-channel 3D image (split channels/time points into separate files)"
-    problem = _spacing_problem(image)
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        return f"unreadable ({str(error).strip().splitlines()[-1] if str(error).strip() else 'no header'})"
+    if reader.GetNumberOfComponents() > 1 or reader.GetDimension() != 3:
+        return "not a single-channel 3D image (split channels/time points into separate files)"
+    problem = _spacing_problem(reader.GetSpacing()[:3])
     if problem:
-        return None, problem
+        return problem
+    size = resampled_size(reader.GetSize()[:3], reader.GetSpacing()[:3], spacing)
+    voxels = math.prod(size)
+    if voxels > MAX_RESAMPLED_VOXELS:
+        return (f"too large: {voxels:,} voxels ({' x '.join(map(str, size))}) at {tuple(spacing)} mm, more than "
+                f"{MAX_RESAMPLED_VOXELS:,}; choose a coarser --spacing or crop the image")
+    if min(size) < MIN_AXIS_VOXELS or voxels < MIN_VOXELS:
+        return (f"tiny: {tuple(reversed(size))} voxels at {tuple(spacing)} mm "
+                f"(needs >= {MIN_AXIS_VOXELS} per axis and >= {MIN_VOXELS} in all)")
+    return None
+
+
+def _cached_volume(path: str, cache_file: str):
+    """The volume already preprocessed for this file and spacing, or None (missing or unreadable cache entry)."""
+    meta_file = cache_file[:-4] + ".json"
+    if not (os.path.isfile(cache_file) and os.path.isfile(meta_file)):
+        return None
     try:
+        meta = read_json_file(meta_file, expect=dict)
+        return Volume(path, cache_file, tuple(int(n) for n in meta["shape"]), float(meta["background"]))
+    except (UserError, KeyError, TypeError, ValueError):
+        return None  # a damaged entry is rebuilt
+
+
+def _normalised_voxels(path: str, spacing):
+    """Read, resample and z-score one image (its header already checked). Returns ``(array, None)`` (float16,
+    (z, y, x)) or ``(None, reason)``."""
+    try:
+        image = read_sitk(path, require_finite=True)  # NaN/Inf: skipped and reported, in every format
         image = resample_to_spacing(sitk.Cast(image, sitk.sitkFloat32), spacing)
         array = sitk.GetArrayFromImage(image).astype(np.float32)
+    except UserError as error:
+        return None, f"unreadable ({error})"
     except RuntimeError as error:
         return None, f"unreadable voxels ({str(error).strip().splitlines()[-1]})"
     finite = np.isfinite(array)
     if not finite.any():
         return None, "empty (no finite voxel values)"
     array[~finite] = float(np.min(array[finite]))
-    if min(array.shape) < MIN_AXIS_VOXELS or array.size < MIN_VOXELS:
-        return None, (f"tiny: {tuple(array.shape)} voxels at {tuple(spacing)} mm "
-                      f"(needs >= {MIN_AXIS_VOXELS} per axis and >= {MIN_VOXELS} in all)")
     std = float(array.std())
     if std < 1e-6 * max(1.0, abs(float(array.mean()))):
         return None, "empty (constant intensity)"
     array = (array - float(array.mean())) / std
-    array = np.clip(array, -65000, 65000).astype(np.float16)
-    os.makedirs(cache_dir, exist_ok=True)
-    # atomic: a crash never leaves a truncated cache file that a later run would trust
-    partial = f"{cache_file}.partial-{os.getpid()}.npy"
-    np.save(partial, array)
-    os.replace(partial, cache_file)
+    return np.clip(array, -65000, 65000).astype(np.float16), None
+
+
+def prepare_volume(path: str, spacing, cache_dir: str):
+    """Pre-flight and preprocess one image. Returns ``(Volume, None)`` or ``(None, reason)``. The header is checked
+    first, so an image that resampling would blow up (a 10 mm scan at 1 mm: 1000x the voxels) is skipped before
+    a single voxel is read."""
+    if not os.path.isfile(path):
+        return None, "unreadable (file not found)"
+    cache_file = os.path.join(cache_dir, _cache_key(path, spacing) + ".npy")
+    cached = _cached_volume(path, cache_file)
+    if cached is not None:
+        return cached, None
+    problem = _header_problem(path, spacing)
+    if problem:
+        return None, problem
+    array, problem = _normalised_voxels(path, spacing)
+    if problem:
+        return None, problem
     background = float(array.min())
-    partial_meta = f"{meta_file}.partial-{os.getpid()}"
-    with open(partial_meta, "w", encoding="utf-8") as stream:
-        json.dump({"path": os.path.abspath(path), "shape": list(array.shape), "background": background}, stream)
-    os.replace(partial_meta, meta_file)
+    # atomic: a crash never leaves a truncated cache file that a later run would trust
+    with atomic_file(cache_file) as partial, open(partial, "wb") as stream:
+        np.save(stream, array)
+    write_json_atomic({"path": os.path.abspath(path), "shape": list(array.shape), "background": background},
+                      cache_file[:-4] + ".json")
     return Volume(path, cache_file, tuple(array.shape), background), None
 
 

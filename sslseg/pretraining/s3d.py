@@ -1,8 +1,10 @@
-"""Masked image modelling: S3D (sparse, SparK-style) and MAE (the plain dense variant).
+"""Masked image modelling: S3D (sparse, SparK-style) and MAE (the plain dense variant), after Wald et al.,
+"Revisiting MAE pre-training for 3D medical image segmentation", CVPR 2025 (arXiv:2410.23132; code: MIC-DKFZ/nnssl),
+who adapt SparK (Tian et al., ICLR 2023, arXiv:2301.03580) to the ResEnc U-Net.
 
 - Masks are blocky: a grid with one cell per ``block`` voxels, where ``block`` is the network's total stride (so the
   bottleneck sees exactly one value per cell); the mask ratio is drawn per batch from U[0.6, 0.9].
-- S3D: the encoder is made sparse (:mod:`sslseg.pretrain.sparse`); before the decoder, masked positions of every
+- S3D: the encoder is made sparse (:mod:`sslseg.pretraining.sparse`); before the decoder, masked positions of every
   skip are filled with a learnable mask token of that stage (shape 1xCx1x1x1), then a 3x3x3 "densification" conv
   per stage except the full-resolution one. The decoder is the ResidualEncoderUNet's own (dense) decoder.
 - MAE: the input's masked blocks are zeroed and the dense network runs unchanged.
@@ -20,13 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sslseg.pretrain.sparse import MaskContext, densify, sparsify
+from sslseg.pretraining.sparse import MaskContext, densify, sparsify
 
 MASK_RATIO_RANGE = (0.6, 0.9)
-
-
-def mask_grid_shape(patch, block) -> tuple:
-    return tuple(int(p) // int(b) for p, b in zip(patch, block))
 
 
 def random_block_mask(batch: int, grid_shape, ratio: float, generator: torch.Generator) -> torch.Tensor:

@@ -1,9 +1,11 @@
-"""Network architectures, by name.
+"""The ResEnc family: the Residual Encoder U-Net of nnU-Net v2 / nnssl (dynamic-network-architectures'
+``ResidualEncoderUNet``), by name.
 
-``ResEncL`` is the Residual Encoder U-Net of nnU-Net v2 / nnssl (dynamic-network-architectures'
-``ResidualEncoderUNet``) with the exact configuration of the public OpenMind checkpoints. The smaller presets are
+``ResEncL`` has the exact configuration of the public OpenMind checkpoints (Wald et al., "Revisiting MAE
+pre-training for 3D medical image segmentation"; Isensee et al. 2024, "nnU-Net Revisited"). The smaller sizes are
 the same class with fewer stages and channels: they share every code path (checkpoint layout, freezing, sparse
-pretraining) and exist for CPU users and tests; their names say so.
+pretraining) and exist for CPU users and tests; their names say so. torch is imported only when a network is
+built.
 
 Example::
 
@@ -15,6 +17,22 @@ from __future__ import annotations
 import copy
 
 from sslseg.errors import UserError
+
+from .layout import WeightLayout
+
+FAMILY = "ResEnc"
+
+# dynamic-network-architectures' ResidualEncoderUNet: key_to_stem "encoder.stem", key_to_encoder "encoder.stages",
+# keys_to_in_proj as below; its decoder (UNetResDecoder) holds stages, transpconvs, seg_layers and a reference to
+# the encoder, so every encoder tensor is listed a second time under ``decoder.encoder``.
+LAYOUT = WeightLayout(
+    stem=("encoder.stem",),
+    encoder=("encoder.stages",),
+    decoder=("decoder.stages", "decoder.transpconvs"),
+    head=("decoder.seg_layers",),
+    in_proj=("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"),
+    aliases=(("decoder.encoder", "encoder"),),
+)
 
 _RESENC_L = {
     "n_stages": 6,
@@ -76,6 +94,11 @@ def architecture_kwargs(name: str) -> dict:
     return copy.deepcopy(ARCHITECTURES[name][1])
 
 
+def spec_for(name: str) -> dict:
+    """The network spec (see ``sslseg.networks``) of a named architecture."""
+    return {"family": FAMILY, "name": name, "config": architecture_kwargs(name)}
+
+
 def import_resenc():
     try:
         from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
@@ -113,6 +136,11 @@ def build_resenc(config: dict, in_channels: int, num_classes: int, deep_supervis
     )
 
 
+def build(config: dict, in_channels: int, num_classes: int):
+    """The family's builder for ``sslseg.networks.build_from_spec``."""
+    return build_resenc(config, in_channels, num_classes)
+
+
 def build_network(name: str, in_channels: int = 1, num_classes: int = 2, deep_supervision: bool = False):
     """A freshly initialised network of a named architecture."""
     return build_resenc(architecture_kwargs(name), in_channels, num_classes, deep_supervision)
@@ -125,56 +153,3 @@ def total_stride(config: dict) -> list:
         stride = [stride] * 3 if isinstance(stride, int) else stride
         product = [a * b for a, b in zip(product, stride)]
     return product
-
-
-# --- specs: how a saved model or checkpoint says which network to rebuild -------------------------------------
-# A spec is JSON: {"family": "ResEnc", "name": "ResEncL", "config": {ResidualEncoderUNet kwargs}}. Other families
-# (e.g. MIS-FM's FMUNet) register a builder and their encoder/decoder split here.
-
-_FAMILIES = {}
-
-
-def register_family(family: str, builder, encoder_prefixes, decoder_prefixes):
-    """``builder(config, in_channels, num_classes)``; prefixes name the state_dict parts (see split_parameters)."""
-    _FAMILIES[family] = (builder, tuple(encoder_prefixes), tuple(decoder_prefixes))
-
-
-# The decoder of a ResidualEncoderUNet holds a reference to the encoder (``decoder.encoder``), so
-# ``decoder.parameters()`` includes the encoder's; the trainable decoder parts are named explicitly.
-register_family(
-    "ResEnc",
-    lambda config, in_channels, num_classes: build_resenc(config, in_channels, num_classes),
-    encoder_prefixes=("encoder.",),
-    decoder_prefixes=("decoder.stages.", "decoder.transpconvs.", "decoder.seg_layers."),
-)
-
-
-def _family(family: str):
-    if family not in _FAMILIES:
-        import sslseg.backbones  # noqa: F401  (registers the MIS-FM FMUNet family)
-    if family not in _FAMILIES:
-        raise UserError(f"unknown network family {family!r} (known: {', '.join(_FAMILIES)})")
-    return _FAMILIES[family]
-
-
-def spec_for(name: str) -> dict:
-    return {"family": "ResEnc", "name": name, "config": architecture_kwargs(name)}
-
-
-def build_from_spec(spec: dict, in_channels: int, num_classes: int):
-    return _family(spec.get("family", "ResEnc"))[0](spec["config"], in_channels, num_classes)
-
-
-def split_parameters(network, spec: dict):
-    """``(encoder, decoder)`` lists of ``(name, parameter)``; the encoder includes the stem. Every parameter is in
-    exactly one list (an error otherwise, so that a frozen phase never silently trains an unlisted part)."""
-    _, encoder_prefixes, decoder_prefixes = _family(spec.get("family", "ResEnc"))
-    encoder, decoder = [], []
-    for name, parameter in network.named_parameters():
-        if name.startswith(encoder_prefixes):
-            encoder.append((name, parameter))
-        elif name.startswith(decoder_prefixes):
-            decoder.append((name, parameter))
-        else:
-            raise RuntimeError(f"parameter {name} is neither encoder nor decoder for family {spec.get('family')}")
-    return encoder, decoder

@@ -1,4 +1,5 @@
-"""Sparse convolution and normalisation for S3D (SparK-style masked image modelling on a CNN).
+"""Sparse convolution and normalisation for S3D: masked image modelling on a CNN as in SparK (Tian et al., "Designing
+BERT for Convolutional Networks: Sparse and Hierarchical Masked Modeling", ICLR 2023, arXiv:2301.03580).
 
 The encoder of the real ``ResidualEncoderUNet`` is converted in place: each ``Conv3d`` re-applies the visibility
 mask to its output and each ``InstanceNorm3d`` takes its statistics over visible voxels only. The conversion swaps

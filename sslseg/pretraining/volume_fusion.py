@@ -1,12 +1,14 @@
-"""Volume Fusion (MIS-FM, Wang et al.): fuse two sub-volumes with a discrete coefficient per voxel, alpha = k/K,
-x = alpha * foreground + (1 - alpha) * background, and train the network to segment k (K + 1 classes).
+"""Volume Fusion (Wang et al., "MIS-FM: 3D Medical Image Segmentation using Foundation Models Pretrained on a
+Large-Scale Unannotated Dataset", arXiv:2306.16925; code: github.com/openmedlab/MIS-FM and the PyMIC library): fuse
+two sub-volumes with a discrete coefficient per voxel, alpha = k/K, x = alpha * foreground + (1 - alpha) *
+background, and train the network to segment k (K + 1 classes).
 
 Two variants:
 
-- ``pymic`` (default; PyMIC 2024+, ``Crop4VolumeFusion`` + ``VolumeFusion``): both crops come from the same scan,
-  each randomly rescaled (0.7-1.5 per axis) and flipped, mapped to [0, 1] between random percentiles (0.1-2 and
-  98-99.9), gamma-corrected (0.7-1.5) and, with probability 0.25, both inverted; a grid of blocks (block size drawn
-  per sample) where 70 % of the blocks get k in 1..K.
+- ``pymic`` (default; PyMIC 2024+, github.com/HiLab-git/PyMIC, ``Crop4VolumeFusion`` + ``VolumeFusion``): both
+  crops come from the same scan, each randomly rescaled (0.7-1.5 per axis) and flipped, mapped to [0, 1] between
+  random percentiles (0.1-2 and 98-99.9), gamma-corrected (0.7-1.5) and, with probability 0.25, both inverted; a
+  grid of blocks (block size drawn per sample) where 70 % of the blocks get k in 1..K.
 - ``paper`` (arXiv 2306.16925, 2023): the foreground is a crop of another scan; 10-40 random, possibly
   overlapping boxes of 8x8x8 up to 40x80x80 voxels (capped at the patch), each with k in 1..K.
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sslseg.pretrain.data import crop_with_padding, random_start
+from sslseg.pretraining.data import crop_with_padding, random_start
 
 K = 4  # fusion levels; K + 1 classes
 NUM_CLASSES = K + 1

@@ -1,5 +1,6 @@
-"""FMUNet, the 3D U-Net of MIS-FM / PyMIC, written for sslseg with the parameter names of the published
-``fmunet_abk1k_volf.pt`` state_dict so that the Volume Fusion weights load one to one.
+"""The FMUNet family: the 3D U-Net of MIS-FM / PyMIC (Wang et al., arXiv 2306.16925; openmedlab/MIS-FM), written
+for sslseg with the parameter names of the published ``fmunet_abk1k_volf.pt`` state_dict so that the Volume Fusion
+weights load one to one.
 
 Structure (isotropic 3D mode, the published configuration): ``project`` (3x3x3 conv, in -> f0); encoder levels
 ``en_conv0-4`` (residual pre-activation blocks: InstanceNorm(affine) -> LeakyReLU -> Dropout -> 3x3x3 conv, twice,
@@ -15,6 +16,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .layout import WeightLayout
+
+FAMILY = "FMUNet"
+
+# PyMIC's FMUNet modules; MIS-FM fine-tunes encoder and decoder (``ckpt_init_mode``) with a new head.
+LAYOUT = WeightLayout(stem=("project",), encoder=("encoder",), decoder=("decoder",), head=("out_layers",),
+                      in_proj=("project",))
 
 DEFAULT_CONFIG = {"feature_chns": [32, 64, 128, 256, 512], "dropout": 0.2, "depth": 2, "deep_supervision": False}
 
@@ -125,3 +134,8 @@ class FMUNet(nn.Module):
         if self.deep_supervision and self.training:
             return [head(features) for head, features in zip(self.out_layers, decoded)]
         return self.out_layers[0](decoded[0])
+
+
+def build(config: dict, in_channels: int, num_classes: int) -> FMUNet:
+    """The family's builder for ``sslseg.networks.build_from_spec``."""
+    return FMUNet(in_channels, num_classes, config)

@@ -1,0 +1,280 @@
+"""Background jobs shared by the SSLSegmentation and SSLPretrain logics: one engine command in a child process
+(:class:`Job`), one job at a time per logic (:class:`JobOwner`), and the temporary work folders that carry scene
+data out to the child process.
+
+A work folder is named ``<prefix><pid>-<random>`` after the Slicer process that made it, under Slicer's temporary
+path. Scene data exported for a run (patient volumes) lives there only while the run does: the job removes it when
+it ends, and :func:`removeStaleWorkFolders`, called when a logic is created, removes what a crashed Slicer left
+behind. A folder that holds a finished model (``<folder>/<sub>/model.json``) is never removed: a finished model is
+never thrown away.
+
+Console::
+
+    from SSLSegmentationLib.jobs import Job, removeStaleWorkFolders
+    job = Job("download", ["models", "download", "ResEncL-OpenMind-S3D", "--progress", "json"]).start()
+    job.waitForCompletion()
+    removeStaleWorkFolders()       # -> the folders it removed
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+
+from sslseg.errors import UserError
+
+from .processRunner import ProcessCancelled, ProcessFailed, ProcessRunner, pythonModuleCommand
+
+WORK_FOLDER_PREFIXES = ("SSLSegmentation-", "SSLPretrain-")
+STALE_AFTER_SECONDS = 24 * 3600
+HEARTBEAT_SECONDS = 60  # a running job touches its work folder this often, so that it never looks stale
+_OWNER_PID = re.compile(r"^SSL(?:Segmentation|Pretrain)-(?:[A-Za-z]+-)?(\d+)-")
+_ACTIVE_WORK_FOLDERS = set()  # work folders of this process's jobs that have not ended
+
+
+def engineCommand(args):
+    """``(argv, env)`` running the engine CLI ``sslseg <args>`` in a child process that imports the same ``sslseg``
+    as Slicer does (PYTHONPATH points at the folder holding it)."""
+    return pythonModuleCommand("sslseg", args)
+
+
+def temporaryParent():
+    """Slicer's temporary path (``slicer.app.temporaryPath``), or the system's outside Slicer."""
+    try:
+        import slicer
+
+        parent = getattr(getattr(slicer, "app", None), "temporaryPath", None)
+    except ImportError:
+        parent = None
+    return parent or tempfile.gettempdir()
+
+
+def makeTemporaryFolder(prefix):
+    """A new work folder ``<prefix><pid>-<random>`` under :func:`temporaryParent`."""
+    parent = temporaryParent()
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+
+
+def processAlive(pid):
+    """True when a process with this id exists (it may belong to another user)."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return kernel32.GetLastError() == 5  # access denied: it exists
+        exitCode = ctypes.c_ulong()
+        kernel32.GetExitCodeProcess(handle, ctypes.byref(exitCode))
+        kernel32.CloseHandle(handle)
+        return exitCode.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def holdsFinishedModel(folder):
+    """The first ``<folder>/<sub>`` holding a ``model.json``, or None."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False) and os.path.isfile(os.path.join(entry.path, "model.json")):
+            return entry.path
+    return None
+
+
+def _isStale(entry, now, maxAge):
+    if os.path.abspath(entry.path) in _ACTIVE_WORK_FOLDERS:
+        return False
+    match = _OWNER_PID.match(entry.name)
+    if match and not processAlive(int(match.group(1))):
+        return True
+    return now - entry.stat(follow_symlinks=False).st_mtime > maxAge
+
+
+def removeStaleWorkFolders(parent=None, maxAge=STALE_AFTER_SECONDS, now=None):
+    """Remove the work folders under ``parent`` (default :func:`temporaryParent`) whose Slicer process has ended,
+    or that no running job has touched for ``maxAge`` seconds. Folders of this process's running jobs and folders
+    holding a finished model are kept (the latter are logged). Returns the removed paths."""
+    parent = parent or temporaryParent()
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(WORK_FOLDER_PREFIXES) or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            if not _isStale(entry, now, maxAge):
+                continue
+        except OSError:
+            continue
+        model = holdsFinishedModel(entry.path)
+        if model:
+            logging.warning("SSLSegmentation: a finished model is kept in %s (add it with 'Import model')", model)
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    if removed:
+        logging.info("SSLSegmentation: removed %d work folder(s) left by ended runs: %s", len(removed),
+                     ", ".join(removed))
+    return removed
+
+
+class ResultKept(UserError):
+    """The run finished but its result could not be put in place; it stays at ``path``, and the job's work folder
+    is not removed."""
+
+    def __init__(self, message, path):
+        super().__init__(message)
+        self.path = path
+
+
+class Job:
+    """One background run (fine-tuning, segmentation, download). ``status``: "running", "succeeded", "failed",
+    "cancelled"; ``result`` (model path, segmentation node, ...) when succeeded; ``errorMessage`` otherwise.
+
+    Callbacks: ``onEvent(event)`` (JSON progress events), ``onLog(text)``, ``onFinished(job)``. ``complete(done)``
+    turns the engine's "done" event into the result; raising :class:`ResultKept` there keeps the work folder."""
+
+    def __init__(self, kind, args, workFolder=None, complete=None, onEvent=None, onLog=None, onFinished=None):
+        self.kind = kind
+        self.workFolder = os.path.abspath(workFolder) if workFolder else None
+        self._complete = complete
+        self.onFinished = onFinished
+        self.onLog = onLog
+        self.result = None
+        self.errorMessage = None
+        self.keptPath = None  # where a finished result was kept when it could not be put in place
+        self.status = "running"
+        self._lastHeartbeat = 0.0
+        if self.workFolder:
+            _ACTIVE_WORK_FOLDERS.add(self.workFolder)
+        try:
+            argv, env = engineCommand(args)
+        except BaseException:
+            self._removeWorkFolder()
+            raise
+        self.runner = ProcessRunner(argv, env=env, onEvent=onEvent, onLog=onLog, onFinished=self._processFinished,
+                                    onPoll=self._heartbeat)
+
+    def _removeWorkFolder(self):
+        if self.workFolder:
+            _ACTIVE_WORK_FOLDERS.discard(self.workFolder)
+            shutil.rmtree(self.workFolder, ignore_errors=True)
+
+    def _heartbeat(self):
+        if self.workFolder and time.monotonic() - self._lastHeartbeat > HEARTBEAT_SECONDS:
+            self._lastHeartbeat = time.monotonic()
+            try:
+                os.utime(self.workFolder)
+            except OSError:
+                pass
+
+    @property
+    def events(self):
+        return self.runner.events
+
+    def start(self, autoPoll=None):
+        try:
+            self.runner.start(autoPoll=autoPoll)
+        except BaseException as error:  # e.g. the Python executable could not be started
+            self.status, self.errorMessage = "failed", str(error)
+            self._removeWorkFolder()
+            raise
+        return self
+
+    def poll(self):
+        return self.runner.poll()
+
+    def cancel(self):
+        self.runner.cancel()
+        self.runner.poll()
+
+    def _processFinished(self, runner):
+        keep = False
+        try:
+            if runner.status == "succeeded":
+                keep = self._useResult(runner.result or {})
+            else:
+                self.status, self.errorMessage = runner.status, runner.errorMessage
+        finally:
+            if keep:
+                _ACTIVE_WORK_FOLDERS.discard(self.workFolder)
+            else:
+                self._removeWorkFolder()
+            if self.onFinished:
+                try:
+                    self.onFinished(self)
+                except Exception:  # noqa: BLE001
+                    logging.exception("SSLSegmentation: onFinished callback failed")
+
+    def _useResult(self, done):
+        """Status and result from the "done" event; True when the work folder must be kept."""
+        try:
+            self.result = self._complete(done) if self._complete else done
+            self.status = "succeeded"
+            return False
+        except ResultKept as error:
+            self.status, self.errorMessage, self.keptPath = "failed", str(error), error.path
+            logging.error("SSLSegmentation: %s", error)
+            if self.onLog:
+                self.onLog(str(error))
+            return True
+        except Exception as error:  # noqa: BLE001 - importing the result failed: report, keep nothing
+            logging.exception("SSLSegmentation: %s result could not be used", self.kind)
+            self.status, self.errorMessage = "failed", str(error)
+            return False
+
+    def waitForCompletion(self, timeout=None):
+        """Block until done; returns ``result``. Raises ProcessCancelled, or ProcessFailed with the engine's
+        message."""
+        self.runner.waitForCompletion(timeout=timeout, raiseOnError=False)
+        if self.status == "cancelled":
+            raise ProcessCancelled(f"{self.kind} was cancelled")
+        if self.status != "succeeded":
+            raise ProcessFailed(f"{self.kind} failed: {self.errorMessage}", self.runner.returncode)
+        return self.result
+
+
+class JobOwner:
+    """One background job at a time: what the logics of both modules share."""
+
+    currentJob = None
+
+    def _refuseIfRunning(self):
+        job = self.currentJob
+        if job is not None and job.status == "running" and job.poll():
+            raise UserError(f"{job.kind} is still running: wait for it or cancel it first")
+
+    def _run(self, job, waitForCompletion):
+        try:
+            self._refuseIfRunning()
+        except UserError:
+            job._removeWorkFolder()  # the refused job's inputs were already written out
+            raise
+        self.currentJob = job
+        if waitForCompletion:
+            job.start(autoPoll=False)
+            return job.waitForCompletion()
+        return job.start()
+
+    def cancel(self):
+        """Cancel the running job: its process tree is killed; nothing is registered or added to the scene."""
+        if self.currentJob is not None and self.currentJob.status == "running":
+            self.currentJob.cancel()

@@ -1,0 +1,467 @@
+"""The fine-tuning run: a ``FineTuner`` whose ``run()`` is a short list of named steps, after nnU-Net v2's
+``nnUNetTrainer`` (Isensee et al., Nature Methods 2021): variants are subclasses that override a step.
+
+The recipe, with a backbone (Wald et al., "Revisiting MAE pre-training for 3D medical image segmentation", CVPR 2025):
+
+1. decoder warm-up: the encoder and the stem are frozen (``requires_grad=False`` and absent from the optimiser,
+   named through ``sslseg.networks.split_parameters`` so that the decoder's reference to the encoder cannot leak),
+   the lr ramps linearly to the max lr;
+2. whole-network linear warm-up (the encoder joins the optimiser);
+3. PolyLR (exponent 0.9) from the max lr 1e-3.
+
+SGD with Nesterov momentum 0.99 and weight decay 3e-5, Dice + cross-entropy with deep supervision, gradient clipping
+at 12, mixed precision (fp16 with a GradScaler) on CUDA. The variants:
+
+- ``FineTuner``: from a pretrained backbone, the recipe above;
+- ``ScratchTrainer``: ``backbone="none"``, nnU-Net's from-scratch defaults (lr 1e-2, no warm-ups);
+- ``ModelTuner``: ``init_model=``, continues from a fine-tuned model (every weight, its preprocessing plan) and
+  runs the recipe's warm-ups again.
+
+Presets (sslseg.presets) set the step counts; the CPU preset swaps SGD for AdamW.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from sslseg.errors import UserError
+from sslseg.finetuning import data as training_data
+from sslseg.finetuning.budget import TimeBudget
+from sslseg.finetuning.evaluation import sliding_windows, validate
+from sslseg.finetuning.loss import deep_supervision_weights, make_loss_function, supervised_loss
+from sslseg.finetuning.memory import fit_to_memory
+from sslseg.finetuning.options import check_finetune_options
+from sslseg.finetuning.planning import make_plan
+from sslseg.finetuning.start import from_backbone, from_model, from_scratch
+from sslseg.presets import default_preset, get_preset
+from sslseg.progress import Reporter
+from sslseg.schedule import Schedule
+
+PROGRESS_INTERVAL = 0.5  # seconds between progress events (besides the first, the last and validations)
+# the options sslseg.finetuning.options checks and normalises
+CHECKED_OPTIONS = ("steps", "batch_size", "patch_size", "seed", "max_lr", "time_limit", "val_cases", "max_memory_gb",
+                   "label_info", "optimizer", "preset", "device", "out", "init_model")
+
+
+@dataclasses.dataclass
+class Request:
+    """The keyword arguments of :func:`finetune` (see there)."""
+    backbone: object = "none"
+    data: object = None
+    images: object = None
+    labels: object = None
+    out: object = None
+    preset: str | None = None
+    device: str = "auto"
+    steps: int | None = None
+    val_cases: int | None = None
+    seed: int = 0
+    progress: object = "bar"
+    label_names: dict | None = None
+    label_info: list | None = None
+    time_limit: float | None = None
+    max_memory_gb: float | None = None
+    batch_size: int | None = None
+    patch_size: list | None = None
+    val_case_ids: list | None = None
+    max_lr: float | None = None
+    optimizer: str | None = None
+    train_case_ids: list | None = None
+    keep_best: bool = True
+    step_callback: object = None
+    arch: object = None
+    init_model: object = None
+
+
+class FineTuner:
+    """Fine-tunes a pretrained backbone with the recipe of Wald et al.; ``run()`` returns the model folder."""
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.reporter = request.progress if isinstance(request.progress, Reporter) else Reporter(request.progress)
+        self.started = time.monotonic()
+
+    def run(self) -> str:
+        """The whole run, one named step after the other."""
+        self.check_options()
+        self.read_data()
+        self.build_network()
+        self.plan_preprocessing()
+        self.preprocess()
+        self.fit_memory()
+        self.configure_optimisation()
+        self.announce()
+        self.train()
+        return self.save()
+
+    # --- before training -------------------------------------------------------------------------------------
+    def check_options(self):
+        """Every option checked (and normalised) and the device resolved before any work."""
+        from sslseg.device import resolve_device
+
+        r = self.request
+        options = check_finetune_options(**{name: getattr(r, name) for name in CHECKED_OPTIONS}, pack=None)
+        self.request = r = dataclasses.replace(r, **{name: getattr(options, name) for name in CHECKED_OPTIONS})
+        self.device, self.device_note = resolve_device(r.device)
+        self.preset = get_preset(r.preset or default_preset(self.device.type))
+
+    def read_data(self):
+        """Every case read and checked; the labels, the channel count and the train/validation split fixed."""
+        r = self.request
+        dataset, expected_channels = training_data.load_training_data(
+            r.data, r.images, r.labels, r.label_names, r.train_case_ids, r.val_case_ids)
+        values = training_data.allowed_label_values(dataset, r.label_info)
+        self.reporter.log(f"checking {len(dataset.cases)} case(s)")
+        self.raw = training_data.read_cases(dataset, values, expected_channels)
+        if not self.raw:
+            raise UserError("no labelled cases to train on")
+        self.dataset = dataset
+        self.in_channels = self.raw[0].image.shape[0]
+        self.labels = training_data.labels_from(dataset, r.label_info, [case.label for case in self.raw])
+        self.num_classes = len(self.labels) + 1
+        self.train_ids, self.val_ids = training_data.split_cases(
+            [case.case_id for case in self.raw], r.val_cases, r.seed, r.val_case_ids)
+
+    def build_network(self):
+        """The starting network, initialised from the seed (the same seed gives the same network)."""
+        torch.manual_seed(self.request.seed)
+        self.start = self.starting_point()
+        self.network, self.spec = self.start.network, self.start.spec
+        if not self.start.from_scratch and self.preset.name == "cpu" and \
+                sum(p.numel() for p in self.network.parameters()) > 20e6:
+            self.reporter.log("note: this network is large for a CPU; expect a slow run (a GPU preset is advised)")
+
+    def starting_point(self):
+        return from_backbone(self.request.backbone, self.num_classes, self.in_channels, self.reporter)
+
+    def plan_preprocessing(self):
+        """Spacing, normalisation, patch and batch (sslseg.finetuning.planning)."""
+        train = set(self.train_ids)
+        geometries = [case.geometry for case in self.raw if case.case_id in train]
+        self.plan = make_plan(geometries, self.dataset.modality, self.in_channels, self.start.stride, self.preset,
+                               network_plan=self.start.plan, inherited=self.start.inherited,
+                               patch_size=self.request.patch_size, batch_size=self.request.batch_size)
+        self.preprocessor = self.plan.preprocessor()
+        self.patch, self.batch = list(self.plan.patch_size), self.plan.batch_size
+
+    def preprocess(self):
+        """Every case resampled, normalised and padded once, into memory."""
+        table = training_data.label_table(self.labels)
+        rng = np.random.default_rng(self.request.seed)
+        prepared = {case.case_id: training_data.prepare_case(case, self.preprocessor, table, self.patch,
+                                                             self.num_classes, rng) for case in self.raw}
+        self.train_cases = [prepared[c] for c in self.train_ids]
+        self.val_cases = [prepared[c] for c in self.val_ids]
+        self.raw = None
+
+    def fit_memory(self):
+        """On CUDA, patch and batch shrunk (gradient checkpointing first) until a step fits; mixed precision."""
+        self.network.to(self.device)
+        self.network.train()
+        self.amp = self.device.type == "cuda"
+        self.checkpointing = False
+        if self.amp:  # cases stay padded to the larger patch: a smaller one still fits
+            self.patch, self.batch, self.checkpointing = fit_to_memory(
+                self.network, self.in_channels, self.patch, self.batch, self.plan.stride, self.device,
+                self.request.max_memory_gb, self.reporter)
+        self.network.decoder.deep_supervision = True
+
+    # --- optimisation ----------------------------------------------------------------------------------------
+    def make_schedule(self, total_steps: int):
+        """(schedule, warm-up fractions, max lr): the recipe's three phases."""
+        lr_max = float(self.request.max_lr or self.preset.max_lr)
+        fractions = (self.preset.decoder_warmup, self.preset.full_warmup)
+        return Schedule.from_fractions(total_steps, *fractions, lr_max), fractions, lr_max
+
+    def make_optimizer(self, params):
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(params, lr=self.schedule.lr(0), weight_decay=self.preset.weight_decay)
+        return torch.optim.SGD(params, lr=self.schedule.lr(0), momentum=self.preset.momentum, nesterov=True,
+                               weight_decay=self.preset.weight_decay)
+
+    def configure_optimisation(self):
+        """Schedule, time budget, optimiser (the encoder frozen when the schedule starts with a decoder warm-up),
+        loss and patch sampler."""
+        from sslseg.networks import split_parameters
+
+        r, preset = self.request, self.preset
+        self.schedule, self.fractions, self.lr_max = self.make_schedule(int(r.steps or preset.steps))
+        self.time_limit = self.effective_time_limit()
+        self.encoder_params, self.decoder_params = split_parameters(self.network, self.spec)
+        self.optimizer_name = r.optimizer or preset.optimizer
+        self.frozen = self.schedule.encoder_frozen(0)
+        if self.frozen:
+            for _, parameter in self.encoder_params:
+                parameter.requires_grad_(False)
+            self.optimizer = self.make_optimizer([p for _, p in self.decoder_params])
+        else:
+            self.optimizer = self.make_optimizer([p for _, p in self.encoder_params + self.decoder_params])
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.loss_function = make_loss_function()
+        self.ds_weights = deep_supervision_weights(len(self.network.decoder.stages))
+        self.sampler = training_data.PatchSampler(self.train_cases, self.patch, self.batch,
+                                                  preset.foreground_oversampling, preset.augment, r.seed)
+        windows = sum(sliding_windows(case.label.shape, self.patch) for case in self.val_cases)
+        self.budget = TimeBudget(self.time_limit, self.started, self.fractions, preset.val_every, r.steps,
+                                 validation_windows=windows, batch_size=self.batch)
+
+    def effective_time_limit(self):
+        """Seconds, or None: the option, else the preset's; an explicit step count without one means no limit."""
+        r = self.request
+        if r.steps is not None and r.time_limit is None:
+            return None
+        return self.preset.time_limit if r.time_limit is None else (float(r.time_limit) or None)
+
+    def recipe_text(self) -> str:
+        return (f"decoder warm-up {self.schedule.decoder_steps} + whole-network warm-up {self.schedule.full_steps} "
+                f"steps, then PolyLR")
+
+    def announce(self):
+        """The start event and what the run will do."""
+        note = self.device_note
+        if self.device.type == "cpu" and self.preset.name not in ("cpu", "test"):
+            note += f"; preset {self.preset.name} is meant for a GPU (try --preset cpu)"
+        self.reporter.start(total_steps=self.schedule.total, device=str(self.device), note=note)
+        spacing = [round(s, 3) for s in self.plan.spacing]
+        self.reporter.log(f"{len(self.train_ids)} training case(s), {len(self.val_ids)} validation case(s); patch "
+                          f"{self.patch} (z, y, x), batch {self.batch}, spacing {spacing} mm, "
+                          f"{self.plan.normalization} normalisation")
+        limit = f", time limit {self.time_limit:.0f} s" if self.time_limit else ""
+        self.reporter.log(f"{self.spec.get('name', 'network')}, preset {self.preset.name}: {self.recipe_text()}, "
+                          f"{self.optimizer_name} max lr {self.lr_max:g}{limit}")
+
+    # --- the training loop -----------------------------------------------------------------------------------
+    def train(self):
+        """Optimiser steps until the schedule ends (its length may change under a time limit)."""
+        self.step, self.losses, self.history, self.last_emit = 0, [], [], 0.0
+        self.best = {"mean": -1.0, "dice": None, "step": None, "state": None}
+        self.train_started = time.monotonic()
+        self.budget.start_window(0, self.train_started)
+        while self.step < self.schedule.total:
+            self.maybe_unfreeze()
+            loss, lr = self.train_step()
+            phase = self.schedule.phase(self.step - 1)
+            if self.request.step_callback is not None:
+                self.request.step_callback(step=self.step, phase=phase, loss=loss, network=self.network,
+                                           optimizer=self.optimizer)
+            self.maybe_rescale()
+            validated = self.maybe_validate()
+            self.maybe_report(phase, loss, lr, validated)
+            if not math.isfinite(loss):
+                raise UserError(f"training diverged at step {self.step} (loss {loss}); try a lower --max-lr or "
+                                f"another preset. No model was written.")
+        self.train_seconds = time.monotonic() - self.train_started
+
+    def maybe_unfreeze(self):
+        """At the end of the decoder warm-up the encoder joins the optimiser."""
+        if not self.frozen or self.schedule.encoder_frozen(self.step):
+            return
+        for _, parameter in self.encoder_params:
+            parameter.requires_grad_(True)
+        self.optimizer.add_param_group({"params": [p for _, p in self.encoder_params]})
+        self.frozen = False
+        self.reporter.log(f"step {self.step}: encoder unfrozen, whole-network warm-up")
+        # whole-network steps cost more than decoder-only ones (measured: ~2x on CPU): time them afresh
+        self.budget.start_window(self.step, time.monotonic())
+
+    def train_step(self):
+        """One optimiser step on a fresh batch; returns (loss, lr)."""
+        lr = self.schedule.lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images, labels = self.sampler.next_batch()
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            outputs = self.network(images)
+            loss = supervised_loss(outputs, labels, self.loss_function, self.ds_weights)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                       self.preset.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        loss_value = float(loss.detach())
+        self.losses.append(loss_value)
+        return loss_value, lr
+
+    def maybe_rescale(self):
+        """Under a time limit: the run's length refitted to the measured speed; cut short past 1.1x the limit."""
+        if self.budget.estimate_due(self.step):
+            self.schedule, per_step = self.budget.rescale(self.schedule, self.step, time.monotonic())
+            if self.step == self.budget.calibration_steps:
+                self.reporter.log(f"time limit {self.time_limit:.0f} s: {self.schedule.total} steps at "
+                                  f"{per_step:.2f} s/step")
+        cut = self.budget.overrun(self.schedule, self.step, time.monotonic())
+        if cut is not None:
+            self.reporter.log(f"time limit reached at step {self.step}")
+            self.schedule = cut
+
+    def maybe_validate(self) -> bool:
+        """Dice on the validation cases every ``val_every`` steps and at the end; the best weights kept."""
+        if not self.val_cases or (self.step % self.budget.val_every and self.step != self.schedule.total):
+            return False
+        began = time.monotonic()
+        scores = validate(self.network, self.val_cases, self.patch, self.device, self.num_classes)
+        self.budget.add_validation(time.monotonic() - began)
+        mean = float(np.mean(scores))
+        per_label = {label["name"]: float(s) for label, s in zip(self.labels, scores)}
+        self.history.append({"step": self.step, "mean_dice": mean, "dice": per_label,
+                             "seconds": round(time.monotonic() - self.started, 1)})
+        self.reporter.validation(self.step, per_label, mean)
+        if mean > self.best["mean"] and (self.request.keep_best or self.step == self.schedule.total):
+            self.best = {"mean": mean, "dice": per_label, "step": self.step, "state": self.cpu_state()}
+        return True
+
+    def maybe_report(self, phase, loss, lr, validated):
+        """A progress event at the first and last steps, after a validation, and at most every 0.5 s otherwise."""
+        now = time.monotonic()
+        if self.step == 1 or self.step == self.schedule.total or validated or \
+                now - self.last_emit >= PROGRESS_INTERVAL:
+            self.reporter.progress(phase=phase, step=self.step, total=self.schedule.total, loss=loss, lr=lr)
+            self.last_emit = now
+
+    def cpu_state(self) -> dict:
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
+
+    # --- the model folder ------------------------------------------------------------------------------------
+    def save(self) -> str:
+        """The kept weights (best validation, else the last) and model.json, written atomically."""
+        from sslseg.model_folder import save_model
+
+        state = self.best["state"] if self.best["state"] is not None else self.cpu_state()
+        self.network.decoder.deep_supervision = False
+        path = save_model(self.request.out, self.model_meta(), state)
+        self.reporter.done(model=path)
+        return path
+
+    def model_meta(self) -> dict:
+        meta = {
+            "network": self.spec,
+            "in_channels": self.in_channels,
+            "channel_names": list(self.dataset.channel_names),
+            "labels": self.labels,
+            "preprocessing": {**self.preprocessor.to_dict()},
+            "patch_size": self.patch,
+            "backbone": self.start.backbone,
+            "recipe": self.recipe_meta(),
+            "training": self.training_meta(),
+            "validation": {
+                "kept_step": self.best["step"],
+                "mean_dice": self.best["mean"] if self.best["dice"] is not None else None,
+                "dice": self.best["dice"],
+                "history": self.history,
+                "note": None if self.val_ids and self.request.keep_best else "the last weights are kept",
+            },
+        }
+        if self.start.initial_model is not None:
+            meta["initial_model"] = self.start.initial_model
+        return meta
+
+    def recipe_meta(self) -> dict:
+        preset = self.preset
+        return {
+            "preset": preset.name,
+            "from_scratch": self.start.from_scratch,
+            "optimizer": self.optimizer_name,
+            "momentum": preset.momentum if self.optimizer_name == "sgd" else None,
+            "weight_decay": preset.weight_decay,
+            "schedule": self.schedule.to_dict(),
+            "steps_run": self.step,
+            "batch_size": self.batch,
+            "loss": "Dice + cross-entropy (MONAI DiceCELoss), deep supervision",
+            "grad_clip": preset.grad_clip,
+            "mixed_precision": self.amp,
+            "gradient_checkpointing": self.checkpointing,
+            "foreground_oversampling": preset.foreground_oversampling,
+            "augmentation": preset.augment,
+            "time_limit_s": self.time_limit,
+            "seed": self.request.seed,
+        }
+
+    def training_meta(self) -> dict:
+        data = self.request.data
+        return {
+            "train_cases": self.train_ids,
+            "val_cases": self.val_ids,
+            "device": str(self.device),
+            "seconds": round(time.monotonic() - self.started, 1),
+            "train_seconds": round(self.train_seconds, 1),
+            "final_loss": float(np.mean(self.losses[-20:])) if self.losses else None,
+            "data": os.path.abspath(data) if data is not None else None,
+        }
+
+
+class ScratchTrainer(FineTuner):
+    """``backbone="none"``: a fresh network with nnU-Net's from-scratch defaults (no warm-ups, lr 1e-2; the cpu
+    preset: AdamW at its own ``scratch_lr``)."""
+
+    def starting_point(self):
+        return from_scratch(self.request.arch, self.preset.arch, self.num_classes, self.in_channels)
+
+    def make_schedule(self, total_steps: int):
+        lr_max = float(self.request.max_lr or self.preset.scratch_lr)
+        return Schedule(total_steps, 0, 0, lr_max), (0.0, 0.0), lr_max
+
+    def recipe_text(self) -> str:
+        return "from scratch (nnU-Net defaults, no warm-ups)"
+
+
+class ModelTuner(FineTuner):
+    """``init_model=``: continues from a fine-tuned model (a folder or ``.sslmodel`` file): its network and every
+    weight (a fresh segmentation head when the label count differs), its spacing, normalisation and patch; the
+    recipe's warm-ups run again, so the decoder (and a new head) adapts before the encoder moves."""
+
+    def check_options(self):
+        from sslseg.model_folder import load_model
+
+        if self.request.backbone not in (None, "", "none"):
+            raise UserError("give either --backbone or --init-model, not both")
+        super().check_options()
+        self.initial = load_model(self.request.init_model)
+
+    def starting_point(self):
+        return from_model(self.initial, self.num_classes, self.in_channels, self.reporter)
+
+
+def trainer_class(request: Request) -> type:
+    """The variant a request asks for."""
+    if request.init_model is not None:
+        return ModelTuner
+    return ScratchTrainer if request.backbone in (None, "", "none") else FineTuner
+
+
+def finetune(backbone="none", data=None, images=None, labels=None, out=None, preset=None, device="auto",
+             steps=None, val_cases=None, seed=0, progress="bar", label_names=None, label_info=None,
+             time_limit=None, max_memory_gb=None, batch_size=None, patch_size=None, val_case_ids=None,
+             max_lr=None, optimizer=None, train_case_ids=None, keep_best=True,
+             step_callback=None, arch=None, init_model=None):
+    """Fine-tune ``backbone`` (a backbone name or checkpoint file, or ``"none"`` to train from scratch) on a dataset
+    folder ``data`` (nnU-Net/MSD layout) or on explicit ``images``/``labels`` lists; write the model folder ``out``.
+    Returns the model folder's path. Every input is checked before training starts.
+
+    ``init_model``: continue from a fine-tuned model (a model folder or ``.sslmodel`` file) instead of a backbone:
+    its network and weights (a fresh segmentation head when the label count differs) and its preprocessing plan;
+    the recipe's warm-ups run again. ``time_limit`` (seconds; 0 = none; default from the preset) fixes the number
+    of steps from the speed measured in the first steps, so that the whole run (validation included) ends in about
+    that time. ``keep_best``: keep the weights with the best validation Dice (default) rather than the last ones.
+    ``step_callback(step=, phase=, loss=, network=, optimizer=)`` is called after every optimiser step (raising in it
+    cancels the run: nothing is written). ``arch``: the network for ``backbone="none"`` (a name or a spec; default
+    the preset's).
+
+    Example::
+
+        import sslseg
+        model_dir = sslseg.finetune("none", data="../shared/data/Task04_Hippocampus", out="models/hippo",
+                                    preset="cpu", steps=300, progress="bar")
+    """
+    request = Request(**locals())  # every keyword argument above, by name
+    return trainer_class(request)(request).run()
