@@ -81,9 +81,9 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget):
 
 
 class SSLPretrainTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (Reload and Test; ctest through WITH_GENERIC_TESTS): two synthetic volumes, a short S3D
-    pretraining with the tiny test network in the background process, then the backbone is in the list. The
-    backbone cache is a temporary folder (SSLSEG_HOME), so the user's backbones are not touched."""
+    """Runs inside Slicer (Reload and Test; ctest through slicer_add_python_unittest): two synthetic volumes, a
+    short S3D pretraining with the tiny test network in the background process, then the backbone is in the list.
+    The backbone cache is a temporary folder (SSLSEG_HOME), so the user's backbones are not touched."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()

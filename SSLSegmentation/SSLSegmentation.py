@@ -6,7 +6,8 @@ Console::
     logic = slicer.util.getModuleLogic("SSLSegmentation")
     model = logic.finetune(backbone="ResEncL-OpenMind-S3D", trainingPairs=[(volumeNode, segmentationNode)],
                            waitForCompletion=True)      # preset by device: "quick" on a GPU, "cpu" without one
-    segmentationNode = logic.segment(model, inputVolumeNode, waitForCompletion=True)
+    segmentationNode = logic.segment(model, inputVolumeNode, uncertainty=True, waitForCompletion=True)
+    ranking = logic.rankCandidates(model, folder="/data/unlabelled", waitForCompletion=True)  # most uncertain first
 """
 
 import slicer
@@ -77,8 +78,9 @@ class SSLSegmentationWidget(ScriptedLoadableModuleWidget):
 
 
 class SSLSegmentationTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (Reload and Test; ctest through WITH_GENERIC_TESTS): a synthetic two-segment volume,
-    a short fine-tuning run with the tiny test preset in the background process, then segmentation."""
+    """Runs inside Slicer (Reload and Test; ctest through slicer_add_python_unittest): a synthetic two-segment
+    volume, a short fine-tuning run with the tiny test preset in the background process, then segmentation with
+    its uncertainty map."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -112,7 +114,12 @@ class SSLSegmentationTest(ScriptedLoadableModuleTest):
         logic = SSLSegmentationLogic(modelsFolder=tempfile.mkdtemp())
         model = logic.finetune(None, pairs, preset="test", device="cpu", steps=20, waitForCompletion=True)
         self.assertTrue(model in [m["path"] for m in logic.modelStore.listModels()])
-        result = logic.segment(model, testVolume, device="cpu", waitForCompletion=True)
+        result = logic.segment(model, testVolume, device="cpu", uncertainty=True, waitForCompletion=True)
         segmentation = result.GetSegmentation()
         self.assertEqual([segmentation.GetNthSegment(i).GetName() for i in range(2)], ["Core", "Shell"])
+        from SSLSegmentationLib.resultNodes import uncertaintyOf
+
+        uncertainty, summary = uncertaintyOf(result)
+        self.assertEqual(slicer.util.arrayFromVolume(uncertainty).shape, slicer.util.arrayFromVolume(testVolume).shape)
+        self.assertIn("score", summary)
         self.delayDisplay("Test passed")

@@ -28,6 +28,9 @@ REPLACEMENTS = {
     "qMRMLNodeComboBox": ("QComboBox", {}, {"nodeTypes", "showChildNodeTypes", "addEnabled", "removeEnabled",
                                             "noneEnabled", "editEnabled", "renameEnabled", "showHidden",
                                             "selectNodeUponCreation", "baseName", "noneDisplay"}),
+    "qMRMLCheckableNodeComboBox": ("QComboBox", {}, {"nodeTypes", "showChildNodeTypes", "addEnabled",
+                                                     "removeEnabled", "noneEnabled", "editEnabled", "renameEnabled",
+                                                     "showHidden", "baseName", "noneDisplay"}),
     "ctkDoubleSpinBox": ("QDoubleSpinBox", {}, {"decimalsOption"}),
     "ctkPathLineEdit": ("QLineEdit", {}, {"filters", "nameFilters"}),
     "ctkCheckBox": ("QCheckBox", {}, set()),
@@ -126,7 +129,8 @@ def fillExampleContent(panel):
         item = segments.item(segments.count() - 1)
         item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
         item.setCheckState(Qt.Checked)
-    child(QComboBox, "presetComboBox").setCurrentText("quick")
+    child(QComboBox, "presetComboBox").setCurrentText("auto")
+    child(QLabel, "presetNoteLabel").setText("Preset 'quick' chosen for the GPU (device auto).")
     child(QLabel, "deviceNoteLabel").setText("GPU: NVIDIA RTX A4000")
     child(QPushButton, "finetuneButton").setText("Cancel")
     child(QProgressBar, "progressBar").setValue(41)
@@ -140,6 +144,19 @@ def fillExampleContent(panel):
     models.addItem("Anterior-Posterior (scratch)  (Anterior, Posterior; Dice 0.71)")
     child(QLabel, "modelsFolderLabel").setText("Models folder: ~/.sslseg/models")
     child(QComboBox, "modelComboBox").addItem("Anterior-Posterior (ResEncL-OpenMind-S3D)")
+    child(QComboBox, "writeIntoSelector").addItem("New segmentation")
+    child(QComboBox, "candidateVolumesSelector").addItem("hippocampus_040, hippocampus_041 (+6)")
+    candidates = child(QTableWidget, "candidatesTable")
+    rows = (("hippocampus_052", "0.118", "Anterior 0.131, Posterior 0.104"),
+            ("hippocampus_044", "0.087", "Anterior 0.092, Posterior 0.081"),
+            ("hippocampus_041", "0.061", "Anterior 0.066, Posterior 0.057"))
+    candidates.setRowCount(len(rows))
+    for row, cells in enumerate(rows):
+        for column, text in enumerate(cells):
+            candidates.setItem(row, column, QTableWidgetItem(text))
+    candidates.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+    candidates.verticalHeader().hide()
+    candidates.selectRow(0)
 
 
 def render(pngPath=PNG_FILE, uiPath=UI_FILE, width=500, load=None, fill=None):

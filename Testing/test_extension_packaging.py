@@ -106,13 +106,22 @@ def test_top_level_extension_metadata():
     for name in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL"):
         assert variables.get(name) and variables[name][0].strip(), f"{name} is empty"
     assert "EXTENSION_SCREENSHOTURLS" in variables
+    assert variables["EXTENSION_HOMEPAGE"][0].startswith("https://github.com/")
     assert variables["EXTENSION_HOMEPAGE"][0].startswith("https://")
     # the icon URL points at the icon in this repository
     icon_url = variables["EXTENSION_ICONURL"][0]
     assert icon_url.endswith("/Resources/Icons/SSLSegmentation.png")
     assert _png_size(os.path.join(REPO_ROOT, "Resources", "Icons", "SSLSegmentation.png")) == (128, 128)
-    for url in " ".join(variables["EXTENSION_SCREENSHOTURLS"]).split():
-        assert os.path.isfile(os.path.join(REPO_ROOT, url.split("/main/", 1)[1])), url
+    # screenshots: raw URLs of PNGs in this repository (the homepage's raw files at the catalog's revision)
+    screenshots = " ".join(variables["EXTENSION_SCREENSHOTURLS"]).split()
+    assert screenshots, "EXTENSION_SCREENSHOTURLS is empty: the Extensions Index needs at least one screenshot"
+    raw = _raw_prefix(variables)
+    assert icon_url.startswith(raw), (icon_url, raw)
+    for url in screenshots:
+        assert url.startswith(raw + "Resources/Screenshots/") and url.endswith(".png"), url
+        width, height = _png_size(os.path.join(REPO_ROOT, url[len(raw):]))
+        assert width >= 400 and height >= 300, (url, width, height)
+    assert any(url.endswith("-uncertainty.png") for url in screenshots)
 
     order = ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(SSLSegmentation)",
              "add_subdirectory(SSLPretrain)", "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
@@ -124,6 +133,40 @@ def test_top_level_extension_metadata():
     for entry in os.listdir(REPO_ROOT):
         if os.path.isfile(os.path.join(REPO_ROOT, entry, "CMakeLists.txt")):
             assert f"add_subdirectory({entry})" in code
+
+
+def _raw_prefix(variables):
+    """``https://raw.githubusercontent.com/<owner>/<repo>/<revision>/`` for the homepage and the catalog's revision."""
+    homepage = variables["EXTENSION_HOMEPAGE"][0].rstrip("/")
+    revision = json.loads(_read("SSLSegmentation.json"))["scm_revision"]
+    return homepage.replace("https://github.com/", "https://raw.githubusercontent.com/") + f"/{revision}/"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_tests_are_registered_with_ctest(module):
+    """WITH_GENERIC_TESTS adds only Slicer's generic tests: the module's own ScriptedLoadableModuleTest runs under
+    ctest only through slicer_add_python_unittest, inside if(BUILD_TESTING)."""
+    code = _strip_comments(_read(module, "CMakeLists.txt"))
+    block = re.search(r"if\(BUILD_TESTING\)(.*?)endif\(\)", code, flags=re.S)
+    assert block, f"{module}/CMakeLists.txt has no if(BUILD_TESTING) block"
+    assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT\s+\$\{MODULE_NAME\}\.py\s*\)", block.group(1))
+    assert code.index("slicerMacroBuildScriptedModule(") < code.index("if(BUILD_TESTING)")
+    assert re.search(rf"^class {module}Test\(ScriptedLoadableModuleTest\):", _read(module, f"{module}.py"),
+                     flags=re.M)
+
+
+def test_license_is_apache_2():
+    """The Extensions Index asks for a license file in the repository root; the extension uses Apache-2.0 (as
+    pyproject.toml declares), the text Slicer extensions commonly ship."""
+    text = _read("LICENSE")
+    head = " ".join(text.split()[:6])
+    assert head == "Apache License Version 2.0, January 2004", head
+    for clause in ("TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION", "1. Definitions.",
+                   "2. Grant of Copyright License.", "3. Grant of Patent License.", "4. Redistribution.",
+                   "9. Accepting Warranty or Additional Liability.", "END OF TERMS AND CONDITIONS",
+                   "http://www.apache.org/licenses/LICENSE-2.0"):
+        assert clause in text, clause
+    assert re.search(r'^license\s*=\s*"Apache-2\.0"', _read("pyproject.toml"), flags=re.M)
 
 
 def test_engine_is_installed_with_the_extension():
@@ -152,6 +195,8 @@ def test_catalog_entry():
     assert set(entry) <= CATALOG_KEYS, set(entry) - CATALOG_KEYS
     for key in ("$schema", "category", "scm_url", "scm_revision", "build_dependencies"):
         assert entry.get(key), key
+    # tier (schema: integer 1..5, default 1): 1 = experimental, 3 = community-supported, 5 = Slicer core
+    assert isinstance(entry.get("tier"), int) and entry["tier"] in (1, 3, 5), entry.get("tier")
     assert "slicer-extension-catalog-entry-schema" in entry["$schema"]
     variables = _set_variables(_read("CMakeLists.txt"))
     assert entry["category"] == variables["EXTENSION_CATEGORY"][0]
@@ -180,6 +225,13 @@ function(slicerMacroBuildScriptedModule)
   endforeach()
   file(APPEND ${CMAKE_BINARY_DIR}/record.txt "module|${MY_NAME}|${MY_SCRIPTS}|${MY_RESOURCES}\\n")
 endfunction()
+function(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT" "" ${ARGN})
+  if(NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${MY_SCRIPT})
+    message(FATAL_ERROR "slicer_add_python_unittest given nonexistent script ${MY_SCRIPT}")
+  endif()
+  file(APPEND ${CMAKE_BINARY_DIR}/record.txt "unittest|${CMAKE_CURRENT_SOURCE_DIR}/${MY_SCRIPT}||\\n")
+endfunction()
 function(ctkMacroCompilePythonScript)
   cmake_parse_arguments(MY "NO_INSTALL_SUBDIR" "TARGET_NAME;DESTINATION_DIR;INSTALL_DIR" "SCRIPTS;RESOURCES" ${ARGN})
   file(APPEND ${CMAKE_BINARY_DIR}/record.txt "engine|${MY_TARGET_NAME}|${MY_SCRIPTS}|${MY_RESOURCES}\\n")
@@ -200,11 +252,13 @@ def test_cmake_configures_with_a_slicer_stand_in(tmp_path):
     (stub / "UseSlicer.cmake").write_text(_STUB_USE_FILE)
     (stub / "Empty.cmake").write_text("")
     build = tmp_path / "build"
-    result = subprocess.run([cmake, "-S", REPO_ROOT, "-B", str(build), f"-DSlicer_DIR={stub}"],
+    result = subprocess.run([cmake, "-S", REPO_ROOT, "-B", str(build), f"-DSlicer_DIR={stub}", "-DBUILD_TESTING=ON"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = [line.split("|") for line in (build / "record.txt").read_text().splitlines()]
     modules = {name: scripts.split(";") for kind, name, scripts, _ in records if kind == "module"}
+    unittests = sorted(os.path.relpath(name, REPO_ROOT) for kind, name, _, _ in records if kind == "unittest")
+    assert unittests == sorted(os.path.join(module, f"{module}.py") for module in MODULES)
     assert set(modules) == set(MODULES)
     for module in MODULES:
         assert modules[module] == _module_lists(module)[0]

@@ -355,3 +355,67 @@ def test_init_model_is_refused_with_a_backbone_or_when_missing(tmp_path, hippoca
         finetune(images=images, labels=labels, out=tmp_path / "m", preset="test", device="cpu", steps=2,
                  progress="none", init_model=tmp_path / "no-such-model")
     assert not (tmp_path / "m").exists()
+
+
+# --- planning from the data in a real run --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def thick_slice_cases(tmp_path_factory, hippocampus_dir):
+    """Five hippocampus cases resampled to 5 mm along z (about 7 slices of 1 x 1 mm): thick-slice data."""
+    from sslseg.imageio import resample_to_grid
+    from sslseg.preprocessing import resampled_geometry
+
+    root = tmp_path_factory.mktemp("thick")
+    images, labels = hippocampus_files(hippocampus_dir, 5)
+    written = ([], [])
+    for image_path, label_path in zip(images, labels):
+        image, geometry = read_image(image_path)
+        label, _ = read_image(label_path)
+        thick = resampled_geometry(geometry, [1.0, 1.0, 5.0])
+        name = os.path.basename(image_path)
+        for array, is_label, folder in ((image, False, written[0]), (label, True, written[1])):
+            resampled = resample_to_grid(array.astype(np.float32), geometry, thick, is_label=is_label)
+            path = root / ("label_" if is_label else "image_") / name
+            path.parent.mkdir(exist_ok=True)
+            write_image(resampled.astype(np.uint8) if is_label else resampled, thick, path)
+            folder.append(path)
+    return written
+
+
+def test_thick_slice_data_get_an_in_plane_network_that_trains_and_predicts(tmp_path, thick_slice_cases):
+    from sslseg.inference import predict
+
+    images, labels = thick_slice_cases
+    losses = []
+    out = finetune("none", images=images, labels=labels, label_names=NAMES, out=tmp_path / "model", preset="test",
+                   device="cpu", steps=16, val_cases=1, progress="none",
+                   step_callback=lambda loss, **_: losses.append(loss))
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    plan, config = meta["plan"], meta["network"]["config"]
+    assert plan["anisotropy_axis"] == "z" and plan["spacing"][2] == pytest.approx(5.0)
+    assert config["kernel_sizes"][0] == [1, 3, 3] and config["strides"][1] == [1, 2, 2]
+    assert meta["patch_size"] == plan["patch_size"] and plan["patch_size"][0] >= 6  # (about) every slice
+    assert plan["reasons"] and meta["recipe"]["augmentation"]["rotation"].startswith("in-plane")
+    assert np.isfinite(losses).all() and len(losses) == 16
+    written = predict(out, [str(images[0])], tmp_path / "predicted")
+    predicted, geometry = read_image(written[0])
+    source, source_geometry = read_image(images[0])
+    assert predicted.shape == source.shape and geometry.same_grid(source_geometry)
+
+
+def test_plan_and_terminology_reach_model_json(tmp_path, hippocampus_dir):
+    from sslseg.model_folder import TERMINOLOGY_EXAMPLE
+
+    images, labels = hippocampus_files(hippocampus_dir, 3)
+    label_info = [{"value": 1, "name": "Anterior", "terminology": TERMINOLOGY_EXAMPLE},
+                  {"value": 2, "name": "Posterior"}]
+    finetune("none", images=images, labels=labels, label_info=label_info, out=tmp_path / "model", preset="test",
+             device="cpu", steps=2, val_cases=0, progress="none")
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["labels"][0]["terminology"] == TERMINOLOGY_EXAMPLE and "terminology" not in meta["labels"][1]
+    plan = meta["plan"]
+    assert plan["spacing"] == [1.0, 1.0, 1.0] and plan["anisotropy_axis"] is None
+    assert plan["patch_size"] == meta["patch_size"] == [16, 24, 16] and plan["batch_size"] == 2
+    assert plan["kernel_sizes"] == meta["network"]["config"]["kernel_sizes"]
+    assert any(reason.startswith("normalisation zscore") for reason in plan["reasons"])
+    assert meta["recipe"]["augmentation"]["rotation"] == "3D"

@@ -144,3 +144,76 @@ def test_offline_pip_failure_gives_a_clear_message(tmp_path):
     message = str(error.value)
     assert "no internet connection" in message and "sslseg-absent-c>=1" in message
     assert "--find-links" in message
+
+
+def _replaceFake(sitePath, distribution, version):
+    """What an upgrade leaves behind: the old .dist-info gone, the new one there."""
+    for old in sitePath.glob(f"{distribution}-*.dist-info"):
+        for member in old.iterdir():
+            member.unlink()
+        old.rmdir()
+    _installFake(sitePath, distribution, version)
+
+
+def test_too_old_torch_fails_the_check_and_offers_the_upgrade(fakeSite, monkeypatch):
+    """A torch that is installed but older than the engine's floor (sslseg.requirements.TORCH_MINIMUM: the code uses
+    torch.amp.GradScaler("cuda") and torch.serialization.safe_globals, both from 2.5) counts as missing: the one
+    confirmation says it replaces the old one, the PyTorch extension installs the floor, and a restart is offered
+    because the old torch is loaded. The installed version is simulated by package metadata ahead on sys.path."""
+    import torch  # noqa: F401 - loaded, as in a Slicer session that used it
+
+    from sslseg.requirements import TORCH_MINIMUM
+
+    _installFake(fakeSite, "torch", "2.1.0")
+    confirm, restart = Recorder(), Recorder()
+    installTorch = Recorder(effect=lambda requirement: _replaceFake(fakeSite, "torch", TORCH_MINIMUM + ".0"))
+    logic = InstallLogic.forEngine(pipInstall=_forbidden, confirm=confirm, installTorch=installTorch,
+                                   askRestart=restart)
+    assert logic.torchRequirement == ">=" + TORCH_MINIMUM == ">=2.5"
+    assert logic.missing() == (True, [], []) and logic.torchTooOld() == "2.1.0"
+    description = logic.missingDescription()
+    assert "torch>=2.5" in description and "PyTorch extension" in description and "2.1.0" in description
+    assert logic.ensure() is True
+    assert installTorch.calls == [((">=2.5",), {})]
+    (text,), _ = confirm.calls[0]
+    assert "2.1.0" in text and "torch>=2.5" in text
+    assert len(restart.calls) == 1 and "torch>=2.5" in restart.calls[0][0][0]
+    assert logic.missing() == (False, [], []) and logic.torchTooOld() is None
+
+
+class _PyTorchUtilsStandIn:
+    """The PyTorch extension's module (``PyTorchUtils``, absent outside Slicer): ``torchInstalled`` and an
+    ``installTorch`` that 'installs' ``installs`` as package metadata, recording its arguments."""
+
+    def __init__(self, site, installs):
+        calls = self.calls = []
+
+        class PyTorchUtilsLogic:
+            @staticmethod
+            def torchInstalled():
+                return True
+
+            def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+                calls.append(torchVersionRequirement)
+                _replaceFake(site, "torch", installs)
+                return types.ModuleType("torch")
+
+        self.PyTorchUtilsLogic = PyTorchUtilsLogic
+
+
+def test_pytorch_extension_upgrades_a_too_old_torch(fakeSite, monkeypatch):
+    from SSLSegmentationLib.installLogic import installTorchWithPyTorchUtils
+
+    standIn = _PyTorchUtilsStandIn(fakeSite, installs="2.6.0")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", standIn)
+    installTorchWithPyTorchUtils(">=2.5")  # the venv's own torch satisfies it: nothing is installed
+    assert standIn.calls == []
+    _installFake(fakeSite, "torch", "2.1.0")
+    installTorchWithPyTorchUtils(">=2.5")  # installed but too old: upgraded, not skipped
+    assert standIn.calls == [">=2.5"]
+
+    # an upgrade that still does not satisfy the floor is an error that says what to do
+    _replaceFake(fakeSite, "torch", "2.1.0")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", _PyTorchUtilsStandIn(fakeSite, installs="2.4.1"))
+    with pytest.raises(InstallError, match=r"installed torch 2\.4\.1, but this extension needs torch>=2\.5"):
+        installTorchWithPyTorchUtils(">=2.5")

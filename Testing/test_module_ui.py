@@ -8,7 +8,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import render_module_panel
-from SSLSegmentationLib.parameters import FIELDS, FIELD_NAMES
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(REPO_ROOT, "SSLSegmentation")
@@ -51,7 +50,8 @@ def test_ui_is_designer_xml_with_declared_custom_widgets():
     # node selectors get the scene from the panel (Slicer's usual mrmlSceneChanged connection)
     receivers = {c.findtext("receiver") for c in root.iter("connection")
                  if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
-    assert receivers == {name for name, cls in widgets.items() if cls == "qMRMLNodeComboBox"}
+    assert receivers == {name for name, cls in widgets.items()
+                         if cls in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox")}
 
 
 def test_every_widget_the_code_uses_exists():
@@ -73,27 +73,57 @@ def test_every_widget_the_code_uses_exists():
     assert types["inputVolumeSelector"][0] == "vtkMRMLScalarVolumeNode"
 
 
-def test_parameter_bindings_name_parameters_of_a_fitting_type():
+def _parameters():
+    """{field: (base type, optional, validators, default)} of the module's parameter node class (the plain-Python
+    stand-in of ``@parameterNodeWrapper`` on slicer-core reads the same annotations)."""
+    from SSLSegmentationLib.parameters import SSLSegmentationParameterNode
+
+    return {name: (p.kind, p.optional, p.validators, p.default)
+            for name, p in SSLSegmentationParameterNode.allParameters.items()}
+
+
+def _bindings():
+    """{parameter name: (widget class, {property: value})} from the .ui file's SlicerParameterName properties."""
     root, _ = _widgets()
-    fieldTypes = {name: typeName for name, typeName, _, _ in FIELDS}
-    fits = {"int": {"QSpinBox", "ctkSliderWidget"}, "float": {"QDoubleSpinBox", "ctkSliderWidget"},
-            "str": {"QLineEdit", "QComboBox"}, "bool": {"QCheckBox"}}
     bound = {}
     for widget in root.iter("widget"):
-        for prop in widget.findall("property"):
-            if prop.get("name") == "SlicerParameterName":
-                bound[prop.findtext("string")] = widget.get("class")
+        properties = {p.get("name"): p.findtext("string") or p.findtext("number") for p in widget.findall("property")}
+        if "SlicerParameterName" in properties:
+            bound[properties["SlicerParameterName"]] = (widget.get("class"), properties)
+    return bound
+
+
+def test_parameter_bindings_name_parameters_of_a_fitting_type(slicer_harness):
+    """Every bound widget names a parameter that Slicer's GUI connectors can represent: the right widget class for
+    its type, never an Optional ("auto" = None parameters are bound by the widget code), and a spin box range equal
+    to the WithinRange validator (Slicer's connector sets the spin box's range from it)."""
+    from SSLSegmentationLib.parameterFields import WithinRange
+
+    parameters = _parameters()
+    fits = {int: {"QSpinBox", "ctkSliderWidget"}, float: {"QDoubleSpinBox", "ctkSliderWidget"},
+            str: {"QLineEdit", "QComboBox"}, bool: {"QCheckBox"}}
+    bound = _bindings()
     assert bound, "no SlicerParameterName bindings"
-    for field, cls in bound.items():
-        assert field in FIELD_NAMES, f"{field} is not a parameter"
-        typeName = fieldTypes[field]
-        if typeName.startswith("vtkMRML"):
+    for field, (cls, properties) in bound.items():
+        assert field in parameters, f"{field} is not a parameter"
+        kind, optional, validators, _ = parameters[field]
+        assert not optional, f"{field}: Slicer has no GUI connector for an Optional parameter"
+        if isinstance(kind, type) and kind.__name__.startswith("vtkMRML"):
             assert cls == "qMRMLNodeComboBox", (field, cls)
         else:
-            assert cls in fits[typeName], (field, cls, typeName)
-    assert len(FIELD_NAMES) == len(set(FIELD_NAMES))
+            assert cls in fits[kind], (field, cls, kind)
+        ranges = [v for v in validators if isinstance(v, WithinRange)]
+        if cls == "QSpinBox":
+            assert ranges and (ranges[0].minimum, ranges[0].maximum) == (int(properties.get("minimum") or 0),
+                                                                         int(properties.get("maximum") or 99))
     assert {"backbone", "trainingVolumes", "trainingSegmentations", "preset", "device", "inputVolume", "model",
-            "tta"} <= set(FIELD_NAMES)
+            "tta", "uncertainty", "writeInto", "candidateVolumes", "candidateFolder"} <= set(parameters)
+    # the parameters the widget code reads or writes exist
+    with open(CODE_FILES[1], encoding="utf-8") as stream:
+        code = stream.read()
+    used = set(re.findall(r"\b(?:p|parameterNode|self\.parameterNode)\.(\w+)", code)) - {"connectGui", "disconnectGui"}
+    used |= set(re.findall(r"_setParameter\(\"(\w+)\"", code))
+    assert len(used) > 15 and used <= set(parameters), used - set(parameters)
 
 
 def test_panel_loads_and_renders_with_pyside6(tmp_path, monkeypatch):
@@ -120,23 +150,30 @@ def test_panel_loads_and_renders_with_pyside6(tmp_path, monkeypatch):
 
 
 def test_parameter_types_resolve_to_real_classes(slicer_harness):
-    """Every parameter type names a real MRML class (slicer-core) or builtin, and defaults fit their types."""
-    from SSLSegmentationLib.parameterFields import annotationFor
+    """Every parameter is a builtin, a real MRML class (slicer-core) or a list of those; defaults pass their own
+    validators; the "auto" choices are None (Optional), not a sentinel value."""
+    import slicer
 
-    for name, typeName, default, description in FIELDS:
-        annotation = annotationFor(typeName)
-        assert description, name
-        if typeName.startswith("list["):
-            (item,) = annotation.__args__
-            assert annotation.__origin__ is list and item.__name__ == typeName[5:-1]
-        elif typeName.startswith("vtkMRML"):
-            assert annotation.__name__ == typeName and default is None
-        else:
-            assert isinstance(default, annotation), (name, default)
+    parameters = _parameters()
+    for name, (kind, optional, validators, default) in parameters.items():
+        item = kind.__args__[0] if getattr(kind, "__origin__", None) is list else kind
+        assert item in (int, float, str, bool) or getattr(slicer, item.__name__, None) is item, (name, item)
+        if default is not None:
+            for validator in validators:
+                validator.validate(default)
+    for auto in ("preset", "validationPercent"):
+        assert parameters[auto][1] and parameters[auto][3] is None, auto
+    from SSLSegmentationLib.segmentationLogic import PRESETS
+
+    (choice,) = parameters["preset"][2]
+    assert tuple(choice.choices) == tuple(PRESETS)
 
 
 # qMRMLNodeComboBox API used by the widget code, absent from its stand-in QComboBox
-SLICER_ONLY = {"qMRMLNodeComboBox": {"currentNode", "setCurrentNode", "currentNodeChanged", "setMRMLScene"}}
+SLICER_ONLY = {"qMRMLNodeComboBox": {"currentNode", "setCurrentNode", "currentNodeChanged", "setMRMLScene"},
+               "qMRMLCheckableNodeComboBox": {"checkedNodes", "checkedNodesChanged", "setCheckState", "nodeCount",
+                                              "nodeFromIndex"},
+               "ctkPathLineEdit": {"currentPath", "currentPathChanged"}}
 
 
 def test_widget_code_calls_existing_methods_signals_and_properties(monkeypatch):
@@ -164,3 +201,40 @@ def test_widget_code_calls_existing_methods_signals_and_properties(monkeypatch):
             unknown.append(f"{name}.{member} ({widgets[name]})")
     panel.close()
     assert not unknown, f"not members of the widget classes: {unknown}"
+
+
+def test_parameter_node_checks_values_and_keeps_them_in_the_scene(slicer_scene):
+    """The parameter node class on real MRML nodes (slicer-core has no ``slicer.parameterNodeWrapper``: the
+    plain-Python stand-in reads the same annotations): defaults, "auto" as None, validators refusing bad values
+    (the old value stays), and values that survive saving and reloading the scene."""
+    import slicer
+
+    from SSLSegmentationLib.parameters import DEFAULT_BACKBONE, SSLSegmentationParameterNode
+
+    p = SSLSegmentationParameterNode(slicer_scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "SSLSegmentation"))
+    assert (p.backbone, p.preset, p.validationPercent, p.device, p.tta) == (DEFAULT_BACKBONE, None, None, "auto", False)
+    assert p.trainingVolumes == [] and p.inputVolume is None and p.writeInto is None
+    volumes = [slicer_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"v{i}") for i in range(2)]
+    segmentation = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "s")
+    p.preset, p.validationPercent, p.device = "cpu", 20, "cpu"
+    p.trainingVolumes, p.inputVolume, p.writeInto = volumes, volumes[1], segmentation
+    for name, value, error in (("validationPercent", 60, ValueError), ("preset", "fast", ValueError),
+                               ("device", "gpu", ValueError), ("validationPercent", "20", TypeError),
+                               ("tta", 1, TypeError), ("inputVolume", segmentation, TypeError),
+                               ("trainingVolumes", [segmentation], TypeError)):
+        before = getattr(p, name)
+        with pytest.raises(error):
+            setattr(p, name, value)
+        assert getattr(p, name) == before, name
+    p.validationPercent = None  # back to "auto"
+
+    slicer_scene.SetSaveToXMLString(1)
+    slicer_scene.Commit()
+    reloaded = slicer.vtkMRMLScene()
+    reloaded.SetLoadFromXMLString(1)
+    reloaded.SetSceneXMLString(slicer_scene.GetSceneXMLString())
+    reloaded.Import()
+    q = SSLSegmentationParameterNode(reloaded.GetFirstNodeByName("SSLSegmentation"))
+    assert (q.preset, q.validationPercent, q.device) == ("cpu", None, "cpu")
+    assert [v.GetName() for v in q.trainingVolumes] == ["v0", "v1"] and q.trainingVolumes[0].GetScene() is reloaded
+    assert q.inputVolume.GetName() == "v1" and q.writeInto.GetName() == "s"

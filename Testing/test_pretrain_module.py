@@ -345,33 +345,50 @@ def test_ui_file_has_every_widget_the_code_uses():
 
 
 def test_parameter_bindings_name_parameters_of_a_fitting_type(slicer_harness):
-    from SSLSegmentationLib.parameterFields import annotationFor
-    from SSLPretrainLib.parameters import FIELD_NAMES, FIELDS
+    """Bound widgets name parameters of a fitting type; a bound spin box's range equals the parameter's WithinRange
+    (Slicer's GUI connector sets the range from it); the combo boxes offer the Choice validators' values."""
+    import slicer
 
+    from SSLPretrainLib.parameters import FIELD_NAMES, SSLPretrainParameterNode
+    from SSLSegmentationLib.parameterFields import Choice, WithinRange
+
+    parameters = SSLPretrainParameterNode.allParameters
     root, _ = _widgets()
-    fieldTypes = {name: typeName for name, typeName, _, _ in FIELDS}
-    fits = {"int": {"QSpinBox"}, "float": {"QDoubleSpinBox"}, "str": {"QLineEdit", "QComboBox"}, "bool": {"QCheckBox"}}
+    fits = {int: {"QSpinBox"}, float: {"QDoubleSpinBox"}, str: {"QLineEdit", "QComboBox"}, bool: {"QCheckBox"}}
     bound = {}
     for widget in root.iter("widget"):
-        for prop in widget.findall("property"):
-            if prop.get("name") == "SlicerParameterName":
-                bound[prop.findtext("string")] = widget.get("class")
+        properties = {p.get("name"): p.findtext("string") or p.findtext("number") or p.findtext("double")
+                      for p in widget.findall("property")}
+        if "SlicerParameterName" in properties:
+            bound[properties["SlicerParameterName"]] = (widget.get("class"), properties)
     assert len(bound) >= 6
-    for field, cls in bound.items():
+    for field, (cls, properties) in bound.items():
         assert field in FIELD_NAMES, f"{field} is not a parameter"
-        assert cls in fits[fieldTypes[field]], (field, cls)
-    # the parameters the code reads exist; types resolve to real classes; defaults fit
+        parameter = parameters[field]
+        assert not parameter.optional and cls in fits[parameter.kind], (field, cls)
+        ranges = [v for v in parameter.validators if isinstance(v, WithinRange)]
+        if cls in ("QSpinBox", "QDoubleSpinBox"):
+            kind = parameter.kind
+            assert ranges and (ranges[0].minimum, ranges[0].maximum) == (kind(properties["minimum"]),
+                                                                         kind(properties["maximum"])), field
+            assert kind(properties["value"]) == parameter.default, field
+    items = {w.get("name"): [i.findtext("property/string") for i in w.findall("item")] for w in root.iter("widget")
+             if w.get("class") == "QComboBox"}
+    for field, combo in (("method", "methodComboBox"), ("device", "deviceComboBox")):
+        (choice,) = [v for v in parameters[field].validators if isinstance(v, Choice)]
+        assert list(choice.choices) == items[combo], field
+    # the parameters the code reads exist; types resolve to real classes; defaults pass their validators
     used = set(re.findall(r"\b(?:p|parameterNode|self\.parameterNode)\.(\w+)", _code())) - {"disconnectGui",
                                                                                           "connectGui"}
     assert used and used <= set(FIELD_NAMES), used - set(FIELD_NAMES)
     assert len(FIELD_NAMES) == len(set(FIELD_NAMES))
-    for name, typeName, default, description in FIELDS:
-        annotation = annotationFor(typeName)
-        assert description, name
-        if typeName.startswith("list["):
-            assert annotation.__origin__ is list and annotation.__args__[0].__name__ == typeName[5:-1]
+    for name, parameter in parameters.items():
+        if parameter.isList:
+            assert getattr(slicer, parameter.itemKind.__name__) is parameter.itemKind
         else:
-            assert isinstance(default, annotation), (name, default)
+            assert isinstance(parameter.default, parameter.kind), (name, parameter.default)
+            for validator in parameter.validators:
+                validator.validate(parameter.default)
 
 
 # PySide6 stand-ins: Slicer-only API the widget code uses on these classes

@@ -36,11 +36,53 @@ def split_cases(data, train, val, test, seed):
     return dataset, order[:train], order[train:train + val], order[train + val:train + val + test]
 
 
+def label_values(dataset) -> list:
+    """Label values of a dataset, background first: class index i is value ``label_values(dataset)[i]``."""
+    return [0] + sorted(dataset.label_names)
+
+
+def case_dice(predicted, truth, values) -> list:
+    """Dice per foreground label of one case: both maps (label values) compared as class indices; a value that the
+    dataset does not list counts as background."""
+    from sslseg.finetuning.evaluation import dice_per_class
+
+    if predicted.shape != truth.shape:
+        raise SystemExit(f"prediction shape {predicted.shape} differs from the label's {truth.shape}")
+    table = np.zeros(256, np.int64)
+    table[np.asarray(values)] = np.arange(len(values))
+    as_index = [table[np.clip(np.rint(a).astype(np.int64), 0, 255)] for a in (predicted, truth)]
+    return dice_per_class(*as_index, len(values))
+
+
+def summarise(scores, names, seconds=None) -> dict:
+    """Mean Dice per label over the cases (rows of ``scores``) and their mean."""
+    scores = np.asarray(scores)
+    result = {"per_label": {name: float(s) for name, s in zip(names, scores.mean(axis=0))},
+              "mean": float(scores.mean()), "cases": len(scores)}
+    if seconds is not None:
+        result["seconds"] = round(seconds, 1)
+    return result
+
+
+def score_folder(dataset, test_ids, folder) -> dict:
+    """Test Dice of the label files ``folder/<case>.nii.gz`` (on each case's original grid) against the dataset's
+    labels: the one Dice code for every method."""
+    import SimpleITK as sitk
+
+    by_id = {case.case_id: case for case in dataset.cases}
+    values = label_values(dataset)
+    scores = []
+    for case_id in test_ids:
+        predicted = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, case_id + ".nii.gz")))
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(by_id[case_id].label))
+        scores.append(case_dice(predicted, truth, values))
+    return summarise(scores, [dataset.label_names[v] for v in values[1:]])
+
+
 def test_dice(model_dir, dataset, test_ids, tta=False, device="cpu"):
     """Mean Dice per label on the original grids of the test cases, through the product's predict path."""
     import torch
 
-    from sslseg.finetuning.evaluation import dice_per_class
     from sslseg.inference import segment_array
     from sslseg.model_folder import load_model
     from sslseg.preprocessing import read_channels, read_label
@@ -48,7 +90,7 @@ def test_dice(model_dir, dataset, test_ids, tta=False, device="cpu"):
     model = load_model(model_dir)
     device = torch.device(device)
     model.network.to(device).eval()
-    values = model.label_values_array()
+    values = [int(v) for v in model.label_values_array()]
     by_id = {case.case_id: case for case in dataset.cases}
     scores = []
     started = time.monotonic()
@@ -57,13 +99,8 @@ def test_dice(model_dir, dataset, test_ids, tta=False, device="cpu"):
         image, geometry = read_channels(case.images, case_id, model.in_channels)
         truth = read_label(case.label, case_id, geometry)
         labels = segment_array(model, image, geometry, device, overlap=0.5, tta=tta)
-        # compare as class indices
-        to_index = {int(v): i for i, v in enumerate(values)}
-        scores.append(dice_per_class(np.vectorize(to_index.get)(labels), np.vectorize(lambda v: to_index.get(int(v), 0))(truth),
-                                     len(values)))
-    scores = np.asarray(scores)
-    return {"per_label": {l["name"]: float(s) for l, s in zip(model.labels, scores.mean(axis=0))},
-            "mean": float(scores.mean()), "cases": len(test_ids), "seconds": round(time.monotonic() - started, 1)}
+        scores.append(case_dice(labels, truth, values))
+    return summarise(scores, [label["name"] for label in model.labels], time.monotonic() - started)
 
 
 def main(argv=None):

@@ -21,7 +21,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 # Order is the order shown in --help.
-COMMAND_MODULES = ["demo", "models", "finetune", "predict", "pretrain"]
+COMMAND_MODULES = ["demo", "models", "finetune", "predict", "rank", "pretrain"]
 
 
 def build_parser():

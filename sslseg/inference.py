@@ -1,13 +1,16 @@
 """Segmenting volumes with a fine-tuned model: MONAI sliding-window inference with Gaussian blending, optional
-mirroring test-time augmentation, mixed precision on CUDA, and the result resampled back onto the input's exact grid.
+mirroring test-time augmentation, mixed precision on CUDA (bf16 where supported), and the class probabilities
+resampled back onto the input's exact grid with torch on the device that holds them (the GPU), where the argmax
+is taken too: only the uint8 labels travel back. The next input of a folder is read while the current one runs.
 
 Example::
 
     import sslseg
     outputs = sslseg.predict("models/hippocampus", "new_case.nii.gz", "segmentations/", seg_nrrd=True)
 
-Outputs per input: ``<case>.nii.gz`` (or ``.nrrd``, ``--format``) holding label values, and with ``seg_nrrd`` a
-Slicer ``<case>.seg.nrrd`` with segment names and colours.
+Outputs per input: ``<case>.nii.gz`` (or ``.nrrd``, ``--format``) holding label values, with ``seg_nrrd`` a
+Slicer ``<case>.seg.nrrd`` with segment names and colours, and with ``uncertainty`` ``<case>_uncertainty.nii.gz``,
+the per-voxel normalised entropy (``sslseg.uncertainty``), summarised per case in ``outputs.uncertainty``.
 """
 
 from __future__ import annotations
@@ -19,14 +22,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sslseg.device import parse_device, resolve_device
+from sslseg.device import mixed_precision, parse_device, resolve_device
 from sslseg.errors import UserError
 from sslseg.imageio import IMAGE_SUFFIXES, has_image_suffix
-from sslseg.preprocessing import pad_to, read_channels, resample_probabilities
+from sslseg.preprocessing import pad_to, read_channels, resampled_slabs
 from sslseg.progress import MODES, Reporter
 from sslseg.validation import float_in_range, one_line, one_of, positive_int
 
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd")
+CPU_WINDOW_BATCH = 2  # windows per forward pass on the CPU
+MAX_WINDOW_BATCH = 32
+WINDOW_MEMORY = 3 << 29  # 1.5 GiB: the most GPU memory the windows of one forward pass may take
+GATHER_ON_CPU_BYTES = 1 << 30  # a blended output larger than this on the GPU is gathered in CPU memory instead
+UNCERTAINTY_SUFFIX = "_uncertainty.nii.gz"  # float maps: NIfTI whatever --format says (Slicer loads it as a volume)
 
 
 def mirror_axes_sets(tta: bool):
@@ -37,27 +45,81 @@ def mirror_axes_sets(tta: bool):
     return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
 
 
-def sliding_window_probabilities(network, image, patch_size, device, overlap: float = 0.5, tta: bool = False,
-                                 sw_batch_size: int = 2, amp: bool | None = None):
-    """Softmax probabilities ``[k, z, y, x]`` (float32 numpy) for a preprocessed ``image[c, z, y, x]``.
+def _autocast(device, amp: bool | None):
+    """Autocast as ``sslseg.device.mixed_precision`` chooses (bf16 where supported, else fp16; none on the CPU);
+    ``amp=False`` turns it off."""
+    import torch
+
+    precision = mixed_precision(device)
+    enabled = precision.enabled and amp is not False
+    return torch.autocast(device_type=device.type, dtype=precision.dtype, enabled=enabled)
+
+
+def _output_classes(network) -> int:
+    return max(2, int(getattr(getattr(network, "decoder", None), "num_classes", 2) or 2))
+
+
+def gather_device(device, output_values: int):
+    """Where the blended output lives: on the GPU, unless it would take more than 1 GiB there; then windows run on
+    the GPU and the output is gathered in CPU memory (MONAI's sw_device/device split), so that a 4 GB card is
+    enough."""
+    import torch
+
+    if device.type == "cuda" and output_values * 4 > GATHER_ON_CPU_BYTES:
+        return torch.device("cpu")
+    return device
+
+
+def _window_bytes(network, in_channels: int, patch_size, device) -> int:
+    """GPU memory one window's forward pass takes (measured once per network and patch, then remembered)."""
+    import torch
+
+    key = (int(in_channels), tuple(int(p) for p in patch_size))
+    cache = network.__dict__.setdefault("_sslseg_window_bytes", {})
+    if key not in cache:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.inference_mode(), _autocast(device, None):
+            network(torch.zeros((1, key[0], *key[1]), device=device))
+        cache[key] = max(1, torch.cuda.max_memory_allocated(device) - base)
+    return cache[key]
+
+
+def window_batch_size(network, in_channels: int, patch_size, device) -> int:
+    """Windows per forward pass: on CUDA as many as fit into half the free GPU memory (PyTorch's unused cache
+    counted as free), at most ``WINDOW_MEMORY`` bytes of them (so that a 256^3 volume stays within a 4 GB card) and
+    ``MAX_WINDOW_BATCH``; 2 on the CPU, where a larger batch is not faster."""
+    import torch
+
+    if device.type != "cuda":
+        return CPU_WINDOW_BATCH
+    per_window = _window_bytes(network, in_channels, patch_size, device)
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(max(1, min(MAX_WINDOW_BATCH, min(WINDOW_MEMORY, free // 2) // per_window)))
+
+
+def window_probabilities(network, image, patch_size, device, overlap: float = 0.5, tta: bool = False,
+                         sw_batch_size: int | None = None, amp: bool | None = None):
+    """Softmax probabilities ``[k, z, y, x]`` (a float32 torch tensor, on ``device`` unless it is too large there:
+    see ``gather_device``) for a preprocessed ``image[c, z, y, x]``.
 
     Volumes smaller than the patch are padded (and the padding cut off again); windows are blended with a Gaussian
     (MONAI ``sliding_window_inference``, ``mode="gaussian"``); with ``tta`` the softmax is averaged over all 8
-    mirrorings. The network must be in eval mode on ``device``."""
+    mirrorings. ``sw_batch_size`` None: from free memory (``window_batch_size``). The network must be in eval mode on
+    ``device``."""
     import torch
     from monai.inferers import sliding_window_inference
 
     padded, inner = pad_to(np.asarray(image, np.float32), patch_size, value=0.0)
-    amp = (device.type == "cuda") if amp is None else amp
-    # large volumes on a GPU: windows run on the GPU, the blended output is gathered in CPU memory (MONAI's
-    # sw_device/device split), so that a 4 GB card is enough
-    gather = device
-    if device.type == "cuda" and padded[0].size * max(2, getattr(getattr(network, "decoder", None), "num_classes", 2)) * 4 > 1 << 30:
-        gather = torch.device("cpu")
+    gather = gather_device(device, padded[0].size * _output_classes(network))
+    if sw_batch_size is None:
+        sw_batch_size = window_batch_size(network, padded.shape[0], patch_size, device)
     tensor = torch.from_numpy(np.ascontiguousarray(padded))[None].to(gather)
     total = None
     flips = mirror_axes_sets(tta)
-    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+    with torch.inference_mode(), _autocast(device, amp):
         for flip in flips:
             source = torch.flip(tensor, flip) if flip else tensor
             logits = sliding_window_inference(source, roi_size=list(patch_size), sw_batch_size=sw_batch_size,
@@ -67,9 +129,36 @@ def sliding_window_probabilities(network, image, patch_size, device, overlap: fl
             probabilities = torch.softmax(logits.float(), dim=1)
             if flip:
                 probabilities = torch.flip(probabilities, flip)
-            total = probabilities if total is None else total + probabilities
-    total = (total / len(flips))[0]
-    return total[(slice(None), *inner)].cpu().numpy()
+            total = probabilities if total is None else total.add_(probabilities)
+        if len(flips) > 1:
+            total /= len(flips)
+    return total[0][(slice(None), *inner)]
+
+
+def sliding_window_probabilities(network, image, patch_size, device, overlap: float = 0.5, tta: bool = False,
+                                 sw_batch_size: int | None = CPU_WINDOW_BATCH, amp: bool | None = None):
+    """``window_probabilities`` as a float32 numpy array (validation during training uses it with 2 windows per
+    pass, as much as the training step beside it leaves room for)."""
+    return window_probabilities(network, image, patch_size, device, overlap, tta, sw_batch_size,
+                                amp).cpu().numpy()
+
+
+def labels_on_grid(probabilities, grid, geometry, label_values, uncertainty: bool = False):
+    """Probabilities ``[k, z, y, x]`` (torch) on the model's ``grid`` -> (uint8 labels on ``geometry``, the
+    normalised-entropy map on ``geometry`` or None). Resampled in slabs on the probabilities' device, argmax and
+    entropy there too: only the labels (and the map) are copied back."""
+    import torch
+
+    from sslseg.uncertainty import entropy
+
+    table = torch.as_tensor(np.asarray(label_values), dtype=torch.uint8, device=probabilities.device)
+    labels = np.empty(geometry.shape, np.uint8)
+    entropy_map = np.empty(geometry.shape, np.float32) if uncertainty else None
+    for z0, z1, slab in resampled_slabs(probabilities, grid, geometry):
+        labels[z0:z1] = table[slab.argmax(dim=0)].cpu().numpy()
+        if uncertainty:
+            entropy_map[z0:z1] = entropy(slab).cpu().numpy()
+    return labels, entropy_map
 
 
 def collect_inputs(inputs) -> list:
@@ -115,34 +204,58 @@ def case_name(path: str) -> str:
     return name
 
 
-def segment_array(model, image, geometry, device, overlap=0.5, tta=True, sw_batch_size=2):
-    """Labels (uint8, on ``geometry`` exactly) for ``image[c, z, y, x]`` read from disk with ``geometry``."""
+def segment_array(model, image, geometry, device, overlap=0.5, tta=True, sw_batch_size=None, uncertainty=False):
+    """Labels (uint8, on ``geometry`` exactly) for ``image[c, z, y, x]`` read from disk with ``geometry``; with
+    ``uncertainty`` the pair ``(labels, uncertainty)``, the normalised entropy of the (TTA-averaged) softmax per
+    voxel (float32 in [0, 1], same grid; see ``sslseg.uncertainty``)."""
     array, grid = model.preprocessor.image(image, geometry)
-    probabilities = sliding_window_probabilities(model.network, array, model.patch_size, device, overlap, tta,
-                                                 sw_batch_size)
-    probabilities = resample_probabilities(probabilities, grid, geometry)
-    return model.label_values_array()[np.argmax(probabilities, axis=0)].astype(np.uint8)
+    return segment_prepared(model, array, grid, geometry, device, overlap, tta, sw_batch_size, uncertainty)
+
+
+def segment_prepared(model, array, grid, geometry, device, overlap=0.5, tta=True, sw_batch_size=None,
+                     uncertainty=False):
+    """``segment_array`` for an image already preprocessed (``model.preprocessor.image``: ``array`` on ``grid``)."""
+    probabilities = window_probabilities(model.network, array, model.patch_size, device, overlap, tta, sw_batch_size)
+    labels, entropy_map = labels_on_grid(probabilities, grid, geometry, model.label_values_array(), uncertainty)
+    return (labels, entropy_map) if uncertainty else labels
 
 
 # --- checking a prediction run before any work ---------------------------------------------------------------
 
 @dataclass
 class OutputPlan:
-    """One input and the files its prediction will be written to (label file first, then the .seg.nrrd)."""
+    """One input and the files its prediction will be written to: ``targets`` lists them all (the label file
+    first); ``seg_target`` (the .seg.nrrd) and ``uncertainty_target`` are among them when asked for."""
     source: str
     name: str
     targets: list
+    seg_target: str | None = None
+    uncertainty_target: str | None = None
 
 
-def check_predict_options(overlap, tta, seg_nrrd, output_format, sw_batch_size, device, progress):
-    """The options of a prediction run, checked (one line naming the option); returns (overlap, sw_batch_size)."""
+class Predictions(list):
+    """The files a prediction run wrote (a list, as before), with ``uncertainty``: {case name: summary} when the
+    run was asked for uncertainty (``sslseg.uncertainty.summarize``, plus the map's ``file``)."""
+
+    def __init__(self, files=(), uncertainty=None):
+        super().__init__(files)
+        self.uncertainty = dict(uncertainty or {})
+
+
+def check_predict_options(overlap, tta, seg_nrrd, output_format, sw_batch_size, device, progress,
+                          uncertainty=False):
+    """The options of a prediction run, checked (one line naming the option); returns (overlap, sw_batch_size);
+    ``sw_batch_size`` None means: from free memory."""
     overlap = float_in_range("overlap (--overlap)", overlap, 0.0, 1.0, strict_maximum=True)
-    sw_batch_size = positive_int("batch size (--batch-size)", sw_batch_size)
+    if sw_batch_size is not None:
+        sw_batch_size = positive_int("batch size (--batch-size)", sw_batch_size)
     one_of("output format (--format)", output_format, OUTPUT_FORMATS)
     if tta is not None and not isinstance(tta, bool):
         raise UserError(f"tta must be True, False or None (got {tta!r})")
     if not isinstance(seg_nrrd, bool):
         raise UserError(f"seg_nrrd must be True or False (got {seg_nrrd!r})")
+    if not isinstance(uncertainty, bool):
+        raise UserError(f"uncertainty (--uncertainty) must be True or False (got {uncertainty!r})")
     parse_device(device)
     if not isinstance(progress, Reporter):
         one_of("progress (--progress)", progress, MODES)
@@ -190,9 +303,21 @@ def _refuse_overwriting_inputs(plans, protected) -> None:
                                 "folder (--output)")
 
 
-def plan_outputs(files, output, output_format="nii.gz", seg_nrrd=False, protected=()) -> list:
+def _refuse_shared_targets(plans) -> None:
+    """No two outputs on one path (compared case-insensitively): e.g. ``a_uncertainty`` beside ``a``'s map."""
+    owners = {}
+    for plan in plans:
+        for target in plan.targets:
+            other = owners.setdefault(target.casefold(), plan.source)
+            if other != plan.source:
+                raise UserError(f"the inputs {other} and {plan.source} would both be written as {target}; rename "
+                                "one or predict them into different output folders")
+
+
+def plan_outputs(files, output, output_format="nii.gz", seg_nrrd=False, protected=(), uncertainty=False) -> list:
     """Every output path of a run, computed and checked before any work: one name per case (also where only the
-    letter case differs), no output on any input (``files`` and ``protected``), the output folder usable."""
+    letter case differs), no output on any input (``files`` and ``protected``), the output folder usable. With
+    ``uncertainty`` each case also gets ``<case>_uncertainty.nii.gz``."""
     output = _check_output_folder(output)
     plans, names = [], {}
     for path in files:
@@ -203,10 +328,14 @@ def plan_outputs(files, output, output_format="nii.gz", seg_nrrd=False, protecte
             raise UserError(f"two inputs would both be written as {name}: {names[name.casefold()]} and {path}; "
                             "rename one or predict them into different output folders")
         names[name.casefold()] = path
-        targets = [os.path.join(output, f"{name}.{output_format}")]
+        plan = OutputPlan(path, name, [os.path.join(output, f"{name}.{output_format}")])
         if seg_nrrd:
-            targets.append(os.path.join(output, f"{name}.seg.nrrd"))
-        plans.append(OutputPlan(path, name, targets))
+            plan.seg_target = os.path.join(output, f"{name}.seg.nrrd")
+        if uncertainty:
+            plan.uncertainty_target = os.path.join(output, f"{name}{UNCERTAINTY_SUFFIX}")
+        plan.targets += [t for t in (plan.seg_target, plan.uncertainty_target) if t]
+        plans.append(plan)
+    _refuse_shared_targets(plans)
     _refuse_overwriting_inputs(plans, [*files, *protected])
     return plans
 
@@ -254,49 +383,114 @@ def check_inputs_readable(meta: dict, plans, where: str = "the model") -> None:
 
 # --- running -------------------------------------------------------------------------------------------------
 
+@dataclass
+class _Settings:
+    """How every case of a run is segmented."""
+    device: object  # torch.device
+    overlap: float
+    tta: bool
+    sw_batch_size: int | None
+    uncertainty: bool
+
+
 def predict(model, inputs, output, device: str = "auto", overlap: float = 0.5, tta: bool | None = None,
-            seg_nrrd: bool = False, output_format: str = "nii.gz", progress="none", sw_batch_size: int = 2):
+            seg_nrrd: bool = False, output_format: str = "nii.gz", progress="none", sw_batch_size: int | None = None,
+            uncertainty: bool = False):
     """Segment ``inputs`` (a file, folder, or list) with ``model`` (a folder, a packed ``.sslmodel`` file, or a
-    loaded ``Model``) and write the results into the folder ``output``. Returns the list of written files.
-    ``tta`` (mirroring) defaults to on with CUDA and off on CPU, where it costs 8 times the time.
+    loaded ``Model``) and write the results into the folder ``output``. Returns the written files (a
+    ``Predictions`` list). ``tta`` (mirroring) defaults to on with CUDA or ``uncertainty`` and off otherwise on the
+    CPU, where it costs 8 times the time. ``sw_batch_size``: windows per forward pass (None: from free GPU memory;
+    2 on the CPU). ``uncertainty``: also write ``<case>_uncertainty.nii.gz`` (the normalised entropy of the
+    TTA-averaged softmax, float32, on the input's grid) and put each case's summary into the return value's
+    ``uncertainty`` and the ``done`` event.
 
     Everything is checked before the model's weights are loaded: the options, every output path (no output may
     land on an input), model.json, and every input, read once."""
     from sslseg.model_folder import Model, load_model
 
     overlap, sw_batch_size = check_predict_options(overlap, tta, seg_nrrd, output_format, sw_batch_size, device,
-                                                   progress)
+                                                   progress, uncertainty)
     reporter = progress if isinstance(progress, Reporter) else Reporter(progress)
     files = collect_inputs(inputs)
-    plans = plan_outputs(files, output, output_format, seg_nrrd, protected=_model_files(model))
+    plans = plan_outputs(files, output, output_format, seg_nrrd, protected=_model_files(model),
+                         uncertainty=uncertainty)
     check_inputs_readable(_model_meta(model), plans, str(getattr(model, "path", None) or model))
     torch_device, note = resolve_device(device)
     if not isinstance(model, Model):
         model = load_model(model)
     model.network.to(torch_device).eval()
-    tta = (torch_device.type == "cuda") if tta is None else tta
+    tta = (torch_device.type == "cuda" or uncertainty) if tta is None else tta
+    settings = _Settings(torch_device, overlap, tta, sw_batch_size, uncertainty)
     os.makedirs(output, exist_ok=True)
     reporter.start(total_steps=len(plans), device=str(torch_device), note=note)
-    reporter.log(f"model: {model.summary()}; mirroring TTA {'on' if tta else 'off'}, overlap {overlap}")
-    written = []
-    for index, plan in enumerate(plans, start=1):
-        written += _predict_one(model, plan, torch_device, overlap, tta, sw_batch_size, reporter)
-        reporter.progress(phase="predict", step=index, total=len(plans))
-    reporter.done(outputs=[os.path.abspath(p) for p in written])
+    reporter.log(f"model: {model.summary()}; mirroring TTA {'on' if tta else 'off'}, overlap {overlap}"
+                 f"{', uncertainty maps' if uncertainty else ''}")
+    written = _predict_all(model, plans, settings, reporter)
+    extra = {"uncertainty": written.uncertainty} if uncertainty else {}
+    reporter.done(outputs=[os.path.abspath(p) for p in written], **extra)
     return written
 
 
-def _predict_one(model, plan, torch_device, overlap, tta, sw_batch_size, reporter) -> list:
-    """Segment one input and write its files (each atomically); returns their paths."""
+def _predict_all(model, plans, settings, reporter) -> Predictions:
+    """Every case in turn, the next one read and preprocessed while the current one is segmented."""
+    import torch
+
+    if settings.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one window shape throughout: autotuning pays off
+    written = Predictions()
+    cases = read_ahead(model, plans)
+    try:
+        for index, (plan, case) in enumerate(zip(plans, cases), start=1):
+            files, summary = _predict_one(model, plan, case, settings, reporter)
+            written += files
+            if summary is not None:
+                written.uncertainty[plan.name] = summary
+            reporter.progress(phase="predict", step=index, total=len(plans))
+    finally:
+        cases.close()
+    return written
+
+
+def _read_prepared(model, plan):
+    """(geometry, preprocessed array, its grid) of one input."""
+    image, geometry = read_channels([plan.source], plan.name, model.in_channels)
+    array, grid = model.preprocessor.image(image, geometry)
+    return geometry, array, grid
+
+
+def read_ahead(model, plans):
+    """The prepared cases of ``plans`` in order (see ``_read_prepared``), each next one read in a background
+    thread while the caller works on the current one (reading and resampling a large scan takes seconds that the
+    GPU would otherwise wait). Close the generator to stop early; a read in progress is finished first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sslseg-read-ahead") as pool:
+        pending = pool.submit(_read_prepared, model, plans[0]) if plans else None
+        for index in range(len(plans)):
+            current = pending.result()
+            pending = pool.submit(_read_prepared, model, plans[index + 1]) if index + 1 < len(plans) else None
+            yield current
+
+
+def _predict_one(model, plan, case, settings, reporter):
+    """Segment one prepared input and write its files (each atomically); returns (their paths, the uncertainty
+    summary or None)."""
     from sslseg.imageio import write_image
     from sslseg.segfile import write_seg_nrrd
+    from sslseg.uncertainty import summarize
 
     started = time.monotonic()
-    image, geometry = read_channels([plan.source], plan.name, model.in_channels)
-    labels = segment_array(model, image, geometry, torch_device, overlap, tta, sw_batch_size)
+    geometry, array, grid = case
+    result = segment_prepared(model, array, grid, geometry, settings.device, settings.overlap, settings.tta,
+                              settings.sw_batch_size, settings.uncertainty)
+    labels, entropy_map = result if settings.uncertainty else (result, None)
     written = [write_image(labels, geometry, plan.targets[0])]
-    if len(plan.targets) > 1:
-        written.append(write_seg_nrrd(labels, geometry, model.labels, plan.targets[1]))
+    if plan.seg_target:
+        written.append(write_seg_nrrd(labels, geometry, model.labels, plan.seg_target))
+    summary = None
+    if plan.uncertainty_target:
+        written.append(write_image(entropy_map, geometry, plan.uncertainty_target))
+        summary = {**summarize(labels, entropy_map, model.labels), "file": os.path.abspath(plan.uncertainty_target)}
     reporter.log(f"{os.path.basename(plan.source)}: {labels.size / 1e6:.2f} Mvoxel in "
                  f"{time.monotonic() - started:.1f} s -> {plan.targets[0]}")
-    return written
+    return written, summary

@@ -2,10 +2,11 @@
 ``model.pt`` (the network's weights, a plain state_dict loaded with ``torch.load(weights_only=True)``).
 
 ``model.json`` holds: ``format``, ``sslseg_version``, ``created``, ``network`` (the architecture spec that rebuilds
-it, see sslseg.networks), ``in_channels``, ``channel_names``, ``labels`` ([{value, name, color}], background
-excluded; output class i+1 is ``labels[i]``), ``preprocessing`` (spacing [x, y, z] mm, normalisation, intensity
-range), ``patch_size`` [z, y, x], ``backbone`` (provenance from the backbone loader, or null when trained from
-scratch), ``recipe`` (preset, optimiser, schedule and step counts), ``training`` (train/validation cases, device,
+it, see sslseg.networks), ``in_channels``, ``channel_names``, ``labels`` ([{value, name, color, terminology}],
+background excluded; output class i+1 is ``labels[i]``; ``terminology``, optional, is Slicer's coded meaning of the
+segment, see ``check_terminology``), ``preprocessing`` (spacing [x, y, z] mm, normalisation, intensity range),
+``patch_size`` [z, y, x], ``backbone`` (provenance from the backbone loader, or null when trained from scratch),
+``recipe`` (preset, optimiser, schedule and step counts), ``training`` (train/validation cases, device,
 duration), ``validation`` (Dice per label of the kept weights), ``versions`` (packages).
 
 A model folder is written to a hidden sibling and renamed into place only when complete, so a cancelled or failed
@@ -53,9 +54,17 @@ WEIGHTS = "model.pt"
 FORMAT = "sslseg-model/1"
 PACKED_SUFFIX = ".sslmodel"
 REQUIRED_KEYS = ("network", "labels", "in_channels", "preprocessing", "patch_size")
-LABEL_KEYS = ("value", "name", "color")
+LABEL_KEYS = ("value", "name", "color", "terminology")
 MAX_LABEL_VALUE = 255  # label maps are written as 8-bit images, as Slicer's label maps and nnU-Net's usually are
 MAX_NAME_LENGTH = 200
+# A Slicer terminology entry: 7 "~"-separated fields (context name, category, type, type modifier, anatomic context
+# name, anatomic region, region modifier), each coded field "scheme^value^meaning", as Slicer's Terminologies
+# module serialises it (vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry). Real entries are a few hundred
+# characters.
+TERMINOLOGY_FIELDS = 7
+MAX_TERMINOLOGY_LENGTH = 2000
+TERMINOLOGY_EXAMPLE = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical "
+                       "Structure~SCT^5366009^Hippocampus~^^~Anatomic codes - DICOM master list~^^~^^")
 # Caps on what a model file may hold, checked before reading (a zip bomb declares or inflates to far more).
 MAX_META_BYTES = 1 << 20
 MAX_WEIGHTS_BYTES = 4 << 30
@@ -146,6 +155,40 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _terminology_problem(entry: str) -> str | None:
+    """Why ``entry`` is not a Slicer terminology entry string, or None. Slicer's reader needs exactly 7 fields, a
+    context name, and a coded category and type; the other coded fields may be empty ("^^")."""
+    if len(entry) > MAX_TERMINOLOGY_LENGTH or any(unicodedata.category(c) == "Cc" for c in entry):
+        # written into a .seg.nrrd header line: a line break would end the header early
+        return f"must be one line of at most {MAX_TERMINOLOGY_LENGTH} characters"
+    if "|" in entry:
+        return "must not contain '|' (it separates a segment's tags)"
+    fields = entry.split("~")
+    if len(fields) != TERMINOLOGY_FIELDS:
+        return f"must have {TERMINOLOGY_FIELDS} '~'-separated fields (it has {len(fields)})"
+    if not fields[0].strip():
+        return "lacks the terminology context name (the first field)"
+    for index, what in ((1, "category"), (2, "type"), (3, "type modifier"), (5, "anatomic region"),
+                        (6, "anatomic region modifier")):
+        parts = fields[index].split("^")
+        if len(parts) != 3:
+            return f"{what} must be 'scheme^value^meaning' (got {fields[index]!r:.60})"
+        if index in (1, 2) and not (parts[0] and parts[1]):
+            return f"{what} needs a coding scheme and a code value (got {fields[index]!r:.60})"
+    return None
+
+
+def check_terminology(entry, where: str) -> str:
+    """Check a segment's terminology entry: one line in Slicer's serialised form, e.g. ``TERMINOLOGY_EXAMPLE``
+    (context~category~type~type modifier~anatomic context~anatomic region~region modifier). Returns it."""
+    if not isinstance(entry, str):
+        raise UserError(f"{where}: terminology must be a string (got {_kind(entry)})")
+    problem = _terminology_problem(entry)
+    if problem:
+        raise UserError(f"{where}: terminology {problem}; expected Slicer's form such as {TERMINOLOGY_EXAMPLE!r}")
+    return entry
+
+
 def _check_label(entry, at: str, strict_keys: bool) -> dict:
     if not isinstance(entry, dict):
         raise UserError(f"{at} must be an object {{\"value\", \"name\", \"color\"}} (got {_kind(entry)})")
@@ -171,13 +214,16 @@ def _check_label(entry, at: str, strict_keys: bool) -> dict:
                 not all(_is_number(c) and 0.0 <= c <= 1.0 for c in color):
             raise UserError(f"{at}: color must be 3 numbers from 0 to 1 (red, green, blue), got {color!r:.80}")
         checked["color"] = [float(c) for c in color]
+    if entry.get("terminology") is not None:
+        checked["terminology"] = check_terminology(entry["terminology"], at)
     return checked
 
 
 def check_labels(entries, where: str, strict_keys: bool = False) -> list:
-    """Check a label list ``[{value, name, color}]`` (background excluded): values whole numbers in 1..255, names
-    non-empty one-line strings, colours 3 numbers in [0, 1], no value or name twice. Returns checked copies (only
-    the keys given). ``strict_keys``: refuse other keys (a typo such as "colour" would otherwise be ignored)."""
+    """Check a label list ``[{value, name, color, terminology}]`` (background excluded): values whole numbers in
+    1..255, names non-empty one-line strings, colours 3 numbers in [0, 1], terminology (optional) a Slicer
+    terminology entry string, no value or name twice. Returns checked copies (only the keys given). ``strict_keys``:
+    refuse other keys (a typo such as "colour" would otherwise be ignored)."""
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{where} must be a non-empty list of {{\"value\", \"name\", \"color\"}} entries "
                         f"(got {_kind(entries) if entries != [] else 'an empty list'})")

@@ -211,6 +211,66 @@ def resample_probabilities(probabilities: np.ndarray, source: Geometry, target: 
     return out
 
 
+# Voxels of one target slab when resampling with torch: bounds the sampling grid (3 doubles per voxel, and its
+# temporaries) and the slab's probabilities (k floats per voxel) to about 200 MB, whatever the volume's size.
+SLAB_VOXELS = 1 << 21
+
+
+def index_transform(source: Geometry, target: Geometry) -> np.ndarray:
+    """4x4 matrix mapping a voxel index (x, y, z, 1) of ``target`` to the continuous voxel index of the same physical
+    point in ``source``: any direction, spacing and origin on either side."""
+    return np.linalg.inv(source.index_to_physical()) @ target.index_to_physical()
+
+
+def _slab_grid(matrix, source_shape, z0: int, z1: int, target_shape, device):
+    """For the target slices ``z0:z1``: grid_sample coordinates ``[1, dz, y, x, 3]`` (align_corners=False) and the
+    mask of voxels outside the source's extent (continuous index outside [-0.5, size - 0.5), ITK's rule)."""
+    import torch
+
+    m = torch.as_tensor(matrix, dtype=torch.float64, device=device)
+    zs = torch.arange(z0, z1, dtype=torch.float64, device=device)[:, None, None, None]
+    ys = torch.arange(target_shape[1], dtype=torch.float64, device=device)[None, :, None, None]
+    xs = torch.arange(target_shape[2], dtype=torch.float64, device=device)[None, None, :, None]
+    index = zs * m[:3, 2] + ys * m[:3, 1] + xs * m[:3, 0] + m[:3, 3]  # [dz, y, x, (x, y, z)] source index
+    size = torch.as_tensor([source_shape[2], source_shape[1], source_shape[0]], dtype=torch.float64, device=device)
+    outside = ((index < -0.5) | (index >= size - 0.5)).any(dim=-1)
+    grid = ((2.0 * index + 1.0) / size - 1.0).to(torch.float32)
+    return grid[None], outside
+
+
+def resampled_slabs(probabilities, source: Geometry, target: Geometry, slab_voxels: int = SLAB_VOXELS):
+    """Class probabilities ``[k, z, y, x]`` (a torch tensor on any device) from ``source`` onto ``target``, as
+    ``(z0, z1, slab[k, z1 - z0, Y, X])`` on the tensor's device. Linear interpolation with the edge voxels repeated
+    up to half a voxel beyond the source and the background (class 0) certain outside it: what
+    ``resample_probabilities`` computes with SimpleITK, here on the GPU when the tensor is there."""
+    import torch
+
+    depth, height, width = (int(s) for s in target.shape)
+    step = max(1, slab_voxels // max(1, height * width))
+    same = source.same_grid(target, tolerance=1e-6)
+    matrix = None if same else index_transform(source, target)
+    volume = None if same else probabilities[None].float()
+    for z0 in range(0, depth, step):
+        z1 = min(depth, z0 + step)
+        if same:
+            yield z0, z1, probabilities[:, z0:z1]
+            continue
+        grid, outside = _slab_grid(matrix, source.shape, z0, z1, target.shape, probabilities.device)
+        slab = torch.nn.functional.grid_sample(volume, grid, mode="bilinear", padding_mode="border",
+                                               align_corners=False)[0]
+        background = torch.zeros(slab.shape[0], dtype=slab.dtype, device=slab.device)
+        background[0] = 1.0
+        slab[:, outside] = background[:, None]
+        yield z0, z1, slab
+
+
+def resample_probabilities_torch(probabilities, source: Geometry, target: Geometry):
+    """``resample_probabilities`` with torch on the tensor's device: ``[k, Z, Y, X]`` float32 on ``target``."""
+    import torch
+
+    return torch.cat([slab for _, _, slab in resampled_slabs(probabilities, source, target)], dim=1)
+
+
 # --- patches -------------------------------------------------------------------------------------------------
 
 def round_up(value: int, multiple: int) -> int:

@@ -7,10 +7,16 @@
   on a GPU.
 - ``quick``: the same recipe at 2k steps, for interactive use (a few minutes on a GPU).
 - ``cpu``: for users without a GPU: a small ResEnc network (``ResEncXS-cpu``, the cost of a DynUNet 16-128; the
-  larger ``ResEncS-cpu`` is 3-4 times dearer per step, which a 15-minute run cannot afford), a small patch, and
-  AdamW with a short poly schedule (a plain MONAI script reached Dice 0.845 with AdamW but 0.515 with SGD momentum
-  0.99 in the same time on 2 cores); the three phases are kept. Default time limit 15 minutes.
+  larger ``ResEncS-cpu`` is 3-4 times dearer per step, which a 15-minute run cannot afford), the compute of a
+  32x48x32 patch on it per sample (measured as the sweet spot on MSD hippocampus; the plan shapes it to the data and
+  may coarsen the spacing of large volumes, see sslseg.finetuning.planning), and AdamW with a short poly schedule
+  (a plain MONAI script reached Dice 0.845 with AdamW but 0.515 with SGD momentum 0.99 in the same time on 2
+  cores); the three phases are kept. Default time limit 15 minutes.
 - ``test``: the tiny ``ResEncT-test`` network for the test suite only.
+
+The compute budget of a preset is ``budget_patch`` on its network ``arch``, per sample, at ``batch_size``: the plan
+(sslseg.finetuning.planning) chooses the patch, the batch and, from scratch, the network's strides and kernels
+within it; the GPU presets' budget is ResEnc-L's recommended 160^3 patch.
 
 With ``--backbone none`` every preset trains from scratch with nnU-Net's defaults instead: no warm-ups, SGD max lr
 1e-2 (``cpu``: AdamW at its own ``scratch_lr``). With a backbone, or a fine-tuned model to continue from
@@ -40,10 +46,13 @@ class Preset:
     momentum: float = 0.99
     weight_decay: float = 3e-5
     batch_size: int = 2
-    patch_size: list | None = None  # [z, y, x]; None: the backbone plan's, clipped to the data
-    max_patch_size: list | None = None  # cap applied to the plan's patch
+    patch_size: list | None = None  # [z, y, x]: a fixed patch; None: planned from the data within the budget
+    budget_patch: list = field(default_factory=lambda: [160, 160, 160])  # [z, y, x] on ``arch``: compute per sample
+    # coarser spacing until a patch holds this share of the median case (0.125: about half its extent per axis)
+    min_coverage: float | None = None
+    max_coarsening: float = 1.0  # ... at most this many times the planned spacing
     val_every: int = 250
-    foreground_oversampling: float = 0.33
+    foreground_oversampling: float = 0.33  # the last round(batch * 0.33) samples of a batch (nnU-Net's rule)
     grad_clip: float = 12.0
     time_limit: float | None = None  # seconds; None: run all steps
     augment: dict = field(default_factory=lambda: {"rotate_deg": 30.0, "rotate_p": 0.2, "scale": [0.7, 1.4],
@@ -64,15 +73,15 @@ PRESETS = {
                        decoder_warmup=_PAPER_WARMUP, full_warmup=_PAPER_WARMUP, val_every=500),
     "quick": Preset("quick", "the paper's recipe at 2k steps for interactive use (GPU, minutes)", arch="ResEncL",
                     steps=2000, decoder_warmup=_PAPER_WARMUP, full_warmup=_PAPER_WARMUP, val_every=250),
-    "cpu": Preset("cpu", "small ResEnc network, whole-crop patch, AdamW; for 2-8 CPU cores (15 minutes)",
+    "cpu": Preset("cpu", "small ResEnc network planned from the data, AdamW; for 2-8 CPU cores (15 minutes)",
                   arch="ResEncXS-cpu", steps=900, decoder_warmup=0.04, full_warmup=0.04, max_lr=2e-3, scratch_lr=3e-3,
-                  optimizer="adamw", weight_decay=1e-4, batch_size=2, max_patch_size=[32, 48, 32], val_every=150,
-                  foreground_oversampling=0.5, time_limit=900.0,
+                  optimizer="adamw", weight_decay=1e-4, batch_size=2, budget_patch=[32, 48, 32], val_every=150,
+                  min_coverage=0.125, max_coarsening=3.0, time_limit=900.0,
                   augment={"rotate_deg": 20.0, "rotate_p": 0.1, "scale": [0.8, 1.25], "scale_p": 0.1, "mirror_p": 0.5,
                            "intensity_p": 0.1}),
     "test": Preset("test", "tiny network for the test suite", arch="ResEncT-test", steps=20, decoder_warmup=0.25,
                    full_warmup=0.25, max_lr=1e-2, scratch_lr=1e-2, optimizer="adamw", weight_decay=1e-4,
-                   batch_size=2, max_patch_size=[16, 24, 16], val_every=10),
+                   batch_size=2, budget_patch=[16, 24, 16], val_every=10),
 }
 
 

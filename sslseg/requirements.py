@@ -18,5 +18,10 @@ NO_DEPS_REQUIREMENTS = {
     "dynamic_network_architectures": "dynamic-network-architectures>=0.4.4,<0.5",
 }
 
+# The oldest torch the engine runs on: torch.amp.GradScaler("cuda") and torch.serialization.safe_globals (the safe
+# checkpoint allow-list) arrived in 2.5. Inside Slicer an older torch is offered the PyTorch extension's upgrade.
+TORCH_MINIMUM = "2.5"
+TORCH_REQUIREMENT = f"torch>={TORCH_MINIMUM}"
+
 # Never installed over the host's own copy inside Slicer.
 PROVIDED_BY_SLICER = ("torch", "SimpleITK", "requests", "numpy")

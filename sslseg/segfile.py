@@ -5,6 +5,10 @@ A ``.seg.nrrd`` is an ordinary NRRD volume plus key/value fields that Slicer's s
 layer (a label map cannot overlap), so the file is the label map itself. SimpleITK's NRRD writer stores metadata
 entries as ``key:=value`` lines, which is what Slicer and ``slicerio`` expect.
 
+A segment's terminology (what it is, in standard codes) travels the way Slicer stores it: in the segment's tags,
+``Segment{i}_Tags:=Segmentation.Status:inprogress|TerminologyEntry:<entry>|``, where ``<entry>`` is the serialised
+terminology entry (see ``sslseg.model_folder.check_terminology``); Slicer then shows it in the Segment Editor.
+
 Example::
 
     write_seg_nrrd(labels, geometry, [{"value": 1, "name": "Anterior", "color": [0.9, 0.4, 0.3]}], "case.seg.nrrd")
@@ -19,6 +23,7 @@ import SimpleITK as sitk
 
 from sslseg.atomic import atomic_file
 from sslseg.imageio import Geometry, image_from_array
+from sslseg.model_folder import check_terminology
 
 
 def _extent(mask: np.ndarray) -> str:
@@ -33,9 +38,21 @@ def _extent(mask: np.ndarray) -> str:
     return " ".join(map(str, bounds))
 
 
+def segment_tags(segment) -> str:
+    """A segment's ``Tags`` field: Slicer's "key:value|" pairs, sorted by key as Slicer writes them. The status tag
+    marks the segment as an unreviewed draft; a terminology entry, when the label has one, is added."""
+    tags = {"Segmentation.Status": "inprogress"}
+    terminology = segment.get("terminology")
+    if terminology is not None:
+        # a "|" (the tag separator) or a line break (the end of the header line) would corrupt the file: model.json
+        # entries are checked when a model is read; this refuses a hand-made label list's bad entry the same way
+        tags["TerminologyEntry"] = check_terminology(terminology, f"segment {segment.get('name')!r:.60}")
+    return "".join(f"{key}:{value}|" for key, value in sorted(tags.items()))
+
+
 def write_seg_nrrd(labels: np.ndarray, geometry: Geometry, segments, path) -> str:
     """Write ``labels`` (z, y, x) as a Slicer segmentation with one segment per entry of ``segments``
-    (dicts with ``value``, ``name``, ``color`` as 0..1 floats). Written atomically."""
+    (dicts with ``value``, ``name``, ``color`` as 0..1 floats, optional ``terminology``). Written atomically."""
     path = os.fspath(path)
     labels = np.asarray(labels).astype(np.uint8 if int(np.max(labels, initial=0)) < 256 else np.uint16)
     image = image_from_array(labels, geometry)
@@ -52,7 +69,7 @@ def write_seg_nrrd(labels: np.ndarray, geometry: Geometry, segments, path) -> st
         image.SetMetaData(prefix + "LabelValue", str(value))
         image.SetMetaData(prefix + "Layer", "0")
         image.SetMetaData(prefix + "Extent", _extent(labels == value))
-        image.SetMetaData(prefix + "Tags", "Segmentation.Status:inprogress|")
+        image.SetMetaData(prefix + "Tags", segment_tags(segment))
     image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
     image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
     image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")

@@ -1,38 +1,44 @@
-"""The module's parameters, saved with the scene: a typed parameter node (``@parameterNodeWrapper``) inside Slicer,
-built from ``FIELDS`` by ``SSLSegmentationLib.parameterFields``, like SSLSegmentation's. Outside Slicer ``FIELDS``
-documents the list, and the ``.ui`` file's ``SlicerParameterName`` properties must name fields from it (checked by
-the tests).
+"""The module's parameters, saved with the scene: a typed ``@parameterNodeWrapper`` class like SSLSegmentation's
+(``SSLSegmentationLib.parameterFields`` gives the stand-in outside Slicer). The ``.ui`` file's
+``SlicerParameterName`` properties name fields of this class, and the ranges of the bound spin boxes equal the
+``WithinRange`` validators (Slicer's GUI connector sets a spin box's range from them); both are checked by the tests.
 
 Example (Slicer's Python console)::
 
     parameterNode = slicer.util.getModuleLogic("SSLPretrain").getParameterNode()
     parameterNode.method = "volf"
+    parameterNode.steps = 0            # ValueError: WithinRange(1, 10000000)
     parameterNode.inputVolumes
 """
 
-from __future__ import annotations
+from typing import Annotated
 
-from SSLSegmentationLib.parameterFields import buildParameterNode
+from slicer import vtkMRMLScalarVolumeNode
+from sslseg.pretraining import METHODS
 
-# name, type, default, what it is. Types: Python builtins or MRML node classes (list[...] for node lists).
-FIELDS = (
-    ("inputVolumes", "list[vtkMRMLScalarVolumeNode]", None, "scene volumes to pretrain on"),
-    ("useImageFolder", "bool", False, "pretrain on the images of a folder instead of scene volumes"),
-    ("imageFolder", "str", "", "folder of images (searched recursively) or a list file"),
-    ("method", "str", "s3d", "s3d | mae | volf"),
-    ("architecture", "str", "ResEncL", "ResEncL (paper, GPU) | ResEncS-cpu"),
-    ("steps", "int", 10000, "training steps (the paper: 250000)"),
-    ("batchSize", "int", 2, "patches per step"),
-    ("patchSize", "int", 160, "cubic patch edge in voxels (a multiple of the network's total stride)"),
-    ("spacing", "float", 1.0, "isotropic target spacing in mm"),
-    ("device", "str", "auto", "auto | cuda | cpu"),
-    ("backboneName", "str", "", "name of the new backbone; empty: generated"),
-    ("serverProcesses", "int", 8, "GPUs per machine in the server command"),
-    ("serverNodes", "int", 1, "machines in the server command"),
-)
+from SSLSegmentationLib.parameterFields import Choice, Default, WithinRange, parameterNodeWrapper
+from SSLSegmentationLib.settings import DEVICES
 
-FIELD_NAMES = tuple(field[0] for field in FIELDS)
+from .pretrainLogic import ARCHITECTURES
 
 
-SSLPretrainParameterNode = buildParameterNode(
-    "SSLPretrainParameterNode", FIELDS, "Parameters of the SSLPretrain module (see FIELDS).")
+@parameterNodeWrapper
+class SSLPretrainParameterNode:
+    """Parameters of the SSLPretrain module."""
+
+    inputVolumes: list[vtkMRMLScalarVolumeNode]  # scene volumes to pretrain on
+    useImageFolder: bool = False  # pretrain on the images of a folder instead of scene volumes
+    imageFolder: str = ""  # folder of images (searched recursively) or a list file
+    method: Annotated[str, Choice(METHODS), Default("s3d")]
+    architecture: Annotated[str, Choice(ARCHITECTURES), Default("ResEncL")]  # ResEncL: the paper's (GPU)
+    steps: Annotated[int, WithinRange(1, 10_000_000)] = 10000  # the paper: 250000
+    batchSize: Annotated[int, WithinRange(1, 256)] = 2  # patches per step
+    patchSize: Annotated[int, WithinRange(8, 512)] = 160  # cubic patch edge (a multiple of the total stride)
+    spacing: Annotated[float, WithinRange(0.1, 10.0)] = 1.0  # isotropic target spacing in mm
+    device: Annotated[str, Choice(DEVICES), Default("auto")]
+    backboneName: str = ""  # empty: generated
+    serverProcesses: Annotated[int, WithinRange(1, 64)] = 8  # GPUs per machine in the server command
+    serverNodes: Annotated[int, WithinRange(1, 1024)] = 1  # machines in the server command
+
+
+FIELD_NAMES = tuple(SSLPretrainParameterNode.__annotations__)

@@ -3,7 +3,9 @@
 Generic (the SSLSegmentation and SSLPretrain modules both use it). Rules that keep Slicer's own Python healthy:
 
 - torch comes from the PyTorch extension (``PyTorchUtils.PyTorchUtilsLogic().installTorch``), which picks the CUDA
-  build that matches the driver; pip never installs or upgrades it;
+  build that matches the driver; pip never installs or upgrades it. A torch older than the engine needs
+  (``sslseg.requirements.TORCH_MINIMUM``) counts as missing: the PyTorch extension installs a newer one, then
+  Slicer restarts;
 - packages the host already provides (torch, SimpleITK, requests, numpy) are never reinstalled: they are pinned to
   their installed versions with a pip constraints file and skipped by ``pip_ensure``;
 - ``--no-deps`` packages (dynamic-network-architectures: its metadata pulls timm, torchvision and a second torch)
@@ -119,7 +121,9 @@ class InstallLogic:
         items = [Requirement(name, spec) for name, spec in engine.REQUIREMENTS.items()]
         items += [Requirement(name, spec, noDeps=True) for name, spec in engine.NO_DEPS_REQUIREMENTS.items()]
         hostPackages = tuple(dict.fromkeys(DEFAULT_HOST_PACKAGES + tuple(engine.PROVIDED_BY_SLICER)))
-        return cls(items, torchRequirement=">=2.1", hostPackages=hostPackages, requester=requester, **collaborators)
+        # the engine's floor (sslseg.requirements.TORCH_MINIMUM), the one place it is set
+        return cls(items, torchRequirement=">=" + engine.TORCH_MINIMUM, hostPackages=hostPackages,
+                   requester=requester, **collaborators)
 
     # -- checking (offline, no GUI) --
 
@@ -128,9 +132,16 @@ class InstallLogic:
         return requirement.distribution.lower() in names or requirement.importName.lower() in names
 
     def torchMissing(self):
+        """True when torch is absent or older than ``torchRequirement`` (read from package metadata)."""
         if self.torchRequirement is None:
             return False
         return not isSatisfied(Requirement("torch", "torch" + self.torchRequirement))
+
+    def torchTooOld(self):
+        """The installed torch version when torch is present but does not satisfy ``torchRequirement``, else None:
+        the PyTorch extension then installs a newer build over it (and Slicer restarts)."""
+        version = installedVersion("torch")
+        return version if version is not None and self.torchMissing() else None
 
     def missing(self):
         """``(torchMissing, toInstall, hostProblems)``: torch needed from the PyTorch extension; requirements pip
@@ -147,7 +158,9 @@ class InstallLogic:
         torchMissing, toInstall, hostProblems = self.missing()
         lines = []
         if torchMissing:
-            lines.append(f"torch{self.torchRequirement} (through the PyTorch extension, the build for your GPU)")
+            old = self.torchTooOld()
+            lines.append(f"torch{self.torchRequirement} (through the PyTorch extension, the build for your GPU"
+                         + (f"; replaces the installed torch {old}, too old for this extension)" if old else ")"))
         for requirement in toInstall:
             lines.append(requirement.spec + ("  (without its dependencies)" if requirement.noDeps else ""))
         for requirement in hostProblems:
@@ -194,6 +207,9 @@ class InstallLogic:
             raise InstallError(f"after installing, these packages are still not available: {', '.join(stillMissing)}")
         # A package that was already imported keeps its old version in memory until Slicer restarts.
         replaced = [r.spec for r in toInstall if r.importName in importedBefore]
+        loadedTorch = sys.modules.get("torch") if torchMissing and "torch" in importedBefore else None
+        if loadedTorch is not None and installedVersion("torch") != str(getattr(loadedTorch, "__version__", "")):
+            replaced.insert(0, "torch" + self.torchRequirement)  # the torch in memory is not the one now installed
         if replaced:
             self.askRestart(f"{', '.join(replaced)} were updated while an older version was loaded. Restart "
                             "Slicer to use the new version.")
@@ -281,11 +297,19 @@ def installTorchWithPyTorchUtils(versionRequirement=None):
         raise InstallError("torch is missing and the PyTorch extension is not installed. Install 'PyTorch' from "
                            "the Extensions Manager, restart Slicer, and try again.") from None
     torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if torchLogic.torchInstalled():
+    torchRequirement = Requirement("torch", "torch" + (versionRequirement or ""))
+    if torchLogic.torchInstalled() and isSatisfied(torchRequirement):
         return
+    # absent, or present but older than needed: installTorch runs light-the-torch with the requirement, which
+    # installs a satisfying build for the driver over the old one
     try:
         torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=versionRequirement)
     except Exception as error:
         raise InstallError(OFFLINE_HELP.format(requirements="torch") + f"\n\nDetails: {error}") from error
     if torch is None:
         raise InstallError("torch was not installed (see the PyTorch extension's message in the log).")
+    importlib.invalidate_caches()
+    if not isSatisfied(torchRequirement):
+        raise InstallError(f"the PyTorch extension installed torch {installedVersion('torch')}, but this extension "
+                           f"needs torch{versionRequirement}. In the PyTorch Utils module, uninstall torch, restart "
+                           f"Slicer and install it again with the version requirement '{versionRequirement}'.")

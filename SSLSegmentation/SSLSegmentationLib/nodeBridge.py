@@ -3,8 +3,10 @@
 Arrays follow the engine (``sslseg.imageio``): numpy order ``array[z, y, x]`` and a ``Geometry`` in ITK's LPS space
 (spacing/origin in x, y, z millimetres, direction as 9 row-major values). Slicer works in RAS: the conversion flips
 the first two axes. Nothing here modifies the nodes it reads; new nodes are only created by
-``labelArrayToSegmentationNode``. The temporary nodes a call creates (and the display, storage and colour nodes
-Slicer makes for them) are removed before it returns; nodes that other modules add meanwhile are left alone.
+``labelArrayToSegmentationNode``, and only ``writeLabelArrayInto`` changes a node given to it (the segments of the
+names it writes). Segments carry Slicer's terminology (``TerminologyEntry`` tag) both ways. The temporary nodes a
+call creates (and the display, storage and colour nodes Slicer makes for them) are removed before it returns; nodes
+that other modules add meanwhile are left alone.
 
 Console examples (Slicer's Python console)::
 
@@ -13,6 +15,8 @@ Console examples (Slicer's Python console)::
     array, geometry = nodeBridge.volumeToArray(volume)
     labels, names = nodeBridge.segmentationToLabelArray(getNode("Segmentation"), volume, ["Anterior", "Posterior"])
     result = nodeBridge.labelArrayToSegmentationNode(labels, names, volume, name="Prediction")
+    nodeBridge.writeLabelArrayInto(getNode("My segmentation"), labels, names, volume)   # replaces those segments
+    nodeBridge.segmentTerminologies(getNode("Segmentation"), ["Anterior"])  # {"Anterior": "...~SCT^...~..."}
     nodeBridge.writeVolume(volume, "/tmp/case_0000.nii.gz")
     nodeBridge.guessModality(volume)       # "CT" or "MR"
 """
@@ -156,6 +160,40 @@ def segmentIDsByName(segmentationNode, segmentNames=None):
     return [byName[name] for name in segmentNames]
 
 
+# vtkSegment::GetTerminologyEntryTagName(): the tag holding a segment's terminology entry, Slicer's coded meaning of
+# a segment (context~category~type~type modifier~anatomic context~region~region modifier)
+TERMINOLOGY_TAG = "TerminologyEntry"
+
+
+def _placeholderTerminology():
+    """The entry a new segment carries before anyone chooses one (Slicer's generic "Tissue"), or ""."""
+    value = vtk.mutable("")
+    return str(value) if slicer.vtkSegment().GetTag(TERMINOLOGY_TAG, value) else ""
+
+
+def segmentTerminology(segment):
+    """The segment's terminology entry string, or None when it has none or only the placeholder of new segments
+    (which says nothing about what the segment is).
+
+    Example::
+
+        segment = getNode("Segmentation").GetSegmentation().GetSegment("Segment_1")
+        nodeBridge.segmentTerminology(segment)   # "Segmentation category and type - ...~SCT^5366009^Hippocampus~..."
+    """
+    value = vtk.mutable("")
+    if segment is None or not segment.GetTag(TERMINOLOGY_TAG, value):
+        return None
+    entry = str(value)
+    return entry if entry and entry != _placeholderTerminology() else None
+
+
+def segmentTerminologies(segmentationNode, segmentNames):
+    """``{name: terminology entry or None}`` for the named segments (see ``segmentTerminology``)."""
+    segmentation = segmentationNode.GetSegmentation()
+    return {name: segmentTerminology(segmentation.GetSegment(segmentID))
+            for name, segmentID in zip(segmentNames, segmentIDsByName(segmentationNode, segmentNames))}
+
+
 class _TemporaryNodes:
     """Nodes a call creates for its own use, removed at the end with the helper nodes Slicer made for them (their
     display and storage nodes, and a colour table that did not exist before the call). Only these go: nodes that
@@ -273,18 +311,9 @@ def writeLabels(segmentationNode, referenceVolumeNode, path, segmentNames=None):
     return labels
 
 
-def labelArrayToSegmentationNode(labelArray, labels, referenceVolumeNode, name=None):
-    """A NEW segmentation node from a label array on the reference volume's grid (``array[z, y, x]`` as from
-    ``volumeToArray``): one segment per entry of ``labels`` (``{"value", "name", "color"}``; colour optional),
-    also when its value does not occur (an empty segment), in the order given. The node gets the reference image
-    geometry of the volume, the volume's parent transform, and is placed beside the volume in the subject
-    hierarchy (under its study). Voxel values not in ``labels`` raise UserError (nothing would show them).
-
-    Example::
-
-        labels = [{"value": 1, "name": "Anterior", "color": [1, 0, 0]}, {"value": 2, "name": "Posterior"}]
-        node = nodeBridge.labelArrayToSegmentationNode(prediction, labels, getNode("MRHead"), "MRHead prediction")
-    """
+def _contiguousLabels(labelArray, labels, referenceVolumeNode):
+    """The label array checked against the volume's grid and ``labels``, with values renumbered 1..N in list order
+    (``ImportLabelmapToSegmentationNode`` maps label i to the i-th segment ID); also the values present."""
     geometry = volumeGeometry(referenceVolumeNode)
     labelArray = np.asarray(labelArray)
     if labelArray.shape != tuple(geometry.shape):
@@ -300,14 +329,44 @@ def labelArrayToSegmentationNode(labelArray, labels, referenceVolumeNode, name=N
     unknown = sorted(present - set(values))
     if unknown:
         raise UserError(f"The label array holds values {unknown} that have no entry in the labels list.")
-
-    # values -> 1..N in list order, as ImportLabelmapToSegmentationNode maps label i to the i-th segment ID
     lookup = np.zeros(max(values + [int(labelArray.max()) if labelArray.size else 0]) + 1, np.uint16)
     for index, value in enumerate(values, start=1):
         lookup[value] = index
     contiguous = lookup[labelArray.astype(np.int64)]
-    contiguous = contiguous.astype(np.uint8 if len(values) < 256 else np.uint16)
+    return contiguous.astype(np.uint8 if len(values) < 256 else np.uint16), present
 
+
+def _importLabels(contiguous, segmentationNode, segmentIDs, referenceVolumeNode, temporary):
+    """Import label i of ``contiguous`` (on the volume's grid, under its transform) into ``segmentIDs[i-1]``,
+    replacing what those segments held."""
+    labelmapNode = temporary.add("vtkMRMLLabelMapVolumeNode", "__sslseg_temp_labels__")
+    matrix = vtk.vtkMatrix4x4()
+    referenceVolumeNode.GetIJKToRASMatrix(matrix)
+    labelmapNode.SetIJKToRASMatrix(matrix)
+    labelmapNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
+    slicer.util.updateVolumeFromArray(labelmapNode, contiguous)
+    ids = vtk.vtkStringArray()
+    for segmentID in segmentIDs:
+        ids.InsertNextValue(segmentID)
+    if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode, ids):
+        raise UserError("Could not import the labels into a segmentation.")
+
+
+def labelArrayToSegmentationNode(labelArray, labels, referenceVolumeNode, name=None):
+    """A NEW segmentation node from a label array on the reference volume's grid (``array[z, y, x]`` as from
+    ``volumeToArray``): one segment per entry of ``labels`` (``{"value", "name", "color", "terminology"}``; colour
+    and terminology optional), also when its value does not occur (an empty segment), in the order given. A
+    ``terminology`` (Slicer's terminology entry string) becomes the segment's ``TerminologyEntry`` tag. The node gets
+    the reference image geometry of the volume, the volume's parent transform, and is placed beside the volume in
+    the subject hierarchy (under its study). Voxel values not in ``labels`` raise UserError (nothing would show
+    them).
+
+    Example::
+
+        labels = [{"value": 1, "name": "Anterior", "color": [1, 0, 0]}, {"value": 2, "name": "Posterior"}]
+        node = nodeBridge.labelArrayToSegmentationNode(prediction, labels, getNode("MRHead"), "MRHead prediction")
+    """
+    contiguous, present = _contiguousLabels(labelArray, labels, referenceVolumeNode)
     temporary = _TemporaryNodes(referenceVolumeNode.GetScene())
     segmentationNode = temporary.add("vtkMRMLSegmentationNode",
                                      name or f"{referenceVolumeNode.GetName()} segmentation")
@@ -315,25 +374,10 @@ def labelArrayToSegmentationNode(labelArray, labels, referenceVolumeNode, name=N
         segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
         segmentationNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
-        segmentation = segmentationNode.GetSegmentation()
-        segmentIDs = vtk.vtkStringArray()
-        for index, entry in enumerate(labels):
-            segmentID = segmentation.AddEmptySegment("", str(entry["name"]))
-            color = entry.get("color")
-            if color is not None:
-                segmentation.GetSegment(segmentID).SetColor(*[float(c) for c in color[:3]])
-            segmentIDs.InsertNextValue(segmentID)
+        segmentIDs = [_addSegment(segmentationNode.GetSegmentation(), entry) for entry in labels]
         if present:
-            labelmapNode = temporary.add("vtkMRMLLabelMapVolumeNode", "__sslseg_temp_labels__")
-            matrix = vtk.vtkMatrix4x4()
-            referenceVolumeNode.GetIJKToRASMatrix(matrix)
-            labelmapNode.SetIJKToRASMatrix(matrix)
-            labelmapNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
-            slicer.util.updateVolumeFromArray(labelmapNode, contiguous)
-            if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(
-                    labelmapNode, segmentationNode, segmentIDs):
-                raise UserError("Could not import the labels into a segmentation.")
-        _placeBeside(segmentationNode, referenceVolumeNode)
+            _importLabels(contiguous, segmentationNode, segmentIDs, referenceVolumeNode, temporary)
+        placeBeside(segmentationNode, referenceVolumeNode)
     except Exception:
         temporary.removeAll()  # a failed call leaves the scene as it was
         raise
@@ -341,7 +385,64 @@ def labelArrayToSegmentationNode(labelArray, labels, referenceVolumeNode, name=N
     return segmentationNode
 
 
-def _placeBeside(node, referenceNode):
+def _addSegment(segmentation, entry):
+    """A new empty segment with the entry's name, colour and terminology; returns its ID."""
+    segmentID = segmentation.AddEmptySegment("", str(entry["name"]))
+    segment = segmentation.GetSegment(segmentID)
+    color = entry.get("color")
+    if color is not None:
+        segment.SetColor(*[float(c) for c in color[:3]])
+    if entry.get("terminology"):
+        segment.SetTag(TERMINOLOGY_TAG, str(entry["terminology"]))
+    return segmentID
+
+
+def writeLabelArrayInto(segmentationNode, labelArray, labels, referenceVolumeNode):
+    """Write a label array (on the reference volume's grid) into an EXISTING segmentation node: the segment named
+    like each entry of ``labels`` gets that label's voxels (its ID, colour and terminology stay); a missing one is
+    added as in ``labelArrayToSegmentationNode``. The node's other segments are left as they were, voxel for
+    voxel, also where the new voxels cover theirs: each written segment is first moved to a labelmap layer of its
+    own (``SeparateSegmentLabelmap``; Slicer's import guards shared layers too, this keeps it so whatever the
+    release). Returns the written segment IDs in ``labels`` order.
+
+    Everything is checked before the node is changed (UserError): the array, the names, and that the node's
+    segments are edited as binary labelmaps.
+
+    Example::
+
+        nodeBridge.writeLabelArrayInto(getNode("My segmentation"), prediction, labels, getNode("MRHead"))
+    """
+    if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+        raise UserError("Choose a segmentation to write into.")
+    if segmentationNode.GetScene() is None:
+        raise UserError(f"Segmentation '{segmentationNode.GetName()}' was removed from the scene.")
+    contiguous, _ = _contiguousLabels(labelArray, labels, referenceVolumeNode)
+    segmentation = segmentationNode.GetSegmentation()
+    binaryName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    source = segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName") \
+        else segmentation.GetMasterRepresentationName()
+    if segmentation.GetNumberOfSegments() and source != binaryName:
+        raise UserError(f"Segmentation '{segmentationNode.GetName()}' is edited as '{source}', not as a binary "
+                        "labelmap; write the result into a new segmentation instead.")
+    names = [str(entry["name"]) for entry in labels]
+    if len(set(names)) != len(names):
+        raise UserError(f"Segment names are repeated: {names}")
+    temporary = _TemporaryNodes(segmentationNode.GetScene())
+    wasModifying = segmentationNode.StartModify()
+    try:
+        segmentIDs = [segmentation.GetSegmentIdBySegmentName(name) or _addSegment(segmentation, entry)
+                      for name, entry in zip(names, labels)]
+        for index, segmentID in enumerate(segmentIDs, start=1):
+            segmentation.SeparateSegmentLabelmap(segmentID)
+            mask = (contiguous == index).astype(np.uint8)
+            _importLabels(mask, segmentationNode, [segmentID], referenceVolumeNode, temporary)
+    finally:
+        temporary.removeAll()
+        segmentationNode.EndModify(wasModifying)
+    return segmentIDs
+
+
+def placeBeside(node, referenceNode):
     """Put ``node`` under the same subject-hierarchy parent (study) as ``referenceNode``."""
     shNode = slicer.mrmlScene.GetSubjectHierarchyNode() if node.GetScene() is slicer.mrmlScene else None
     if shNode is None:

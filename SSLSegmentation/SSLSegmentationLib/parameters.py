@@ -1,41 +1,53 @@
-"""The module's parameters, saved with the scene: a typed parameter node (``@parameterNodeWrapper``) inside Slicer.
-
-``FIELDS`` is the single description: inside Slicer the wrapper class is built from it (``parameterFields``);
-elsewhere (tests, plain Python) ``SSLSegmentationParameterNode`` is None and ``FIELDS`` documents the same list,
-and the ``.ui`` file's ``SlicerParameterName`` properties must name fields from it (checked by the tests). Settings
-that belong to the user rather than the scene (models folder, engine home) live in Slicer's settings instead (see
-``settings``).
+"""The module's parameters, saved with the scene: a typed ``@parameterNodeWrapper`` class (Slicer's parameter nodes;
+``parameterFields`` gives the stand-in outside Slicer). The ``.ui`` file's ``SlicerParameterName`` properties name
+fields of this class (checked by the tests); "auto" choices are ``None``. Settings that belong to the user rather
+than the scene (models folder, engine home, device) live in Slicer's settings instead (see ``settings``).
 
 Example (Slicer's Python console)::
 
     parameterNode = slicer.util.getModuleLogic("SSLSegmentation").getParameterNode()
-    parameterNode.preset = "cpu"
+    parameterNode.preset = "cpu"          # None: chosen by device (presetForDevice)
+    parameterNode.validationPercent = 20   # None: the engine's default
     parameterNode.trainingVolumes, parameterNode.trainingSegmentations
 """
 
-from __future__ import annotations
+from typing import Annotated, Optional
 
-from .parameterFields import buildParameterNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from sslseg.presets import PRESETS
 
-# name, type, default, what it is. Types: Python builtins or MRML node classes (list[...] for node lists).
-FIELDS = (
-    ("backbone", "str", "ResEncL-OpenMind-S3D", "backbone name, checkpoint path, or 'none' (from scratch)"),
-    ("trainingVolumes", "list[vtkMRMLScalarVolumeNode]", None, "volumes of the training pairs"),
-    ("trainingSegmentations", "list[vtkMRMLSegmentationNode]", None, "segmentations of the training pairs"),
-    ("segmentNames", "str", "", "segments to learn, comma-separated; empty: all segments of the first pair"),
-    ("validationPercent", "int", -1, "share of pairs held out for validation in %; -1: the engine's default"),
-    ("preset", "str", "quick", "quick | standard | paper (GPU), cpu (the panel picks cpu without a GPU)"),
-    ("device", "str", "auto", "auto | cuda | cpu"),
-    ("modelName", "str", "", "name of the new model; empty: generated"),
-    ("continueFromModel", "bool", False, "continue training from the selected model"),
-    ("inputVolume", "vtkMRMLScalarVolumeNode", None, "volume to segment"),
-    ("model", "str", "", "model (name in the models folder) used to segment"),
-    ("tta", "bool", False, "test-time mirroring (8x slower on CPU)"),
-    ("outputSegmentation", "vtkMRMLSegmentationNode", None, "the last segmentation result"),
-)
+from .parameterFields import Choice, Default, WithinRange, parameterNodeWrapper
+from .settings import DEVICES
 
-FIELD_NAMES = tuple(field[0] for field in FIELDS)
+DEFAULT_BACKBONE = "ResEncL-OpenMind-S3D"
+PRESET_CHOICES = tuple(PRESETS)
 
 
-SSLSegmentationParameterNode = buildParameterNode(
-    "SSLSegmentationParameterNode", FIELDS, "Parameters of the SSLSegmentation module (see FIELDS).")
+@parameterNodeWrapper
+class SSLSegmentationParameterNode:
+    """Parameters of the SSLSegmentation module."""
+
+    # fine-tuning
+    backbone: Annotated[str, Default(DEFAULT_BACKBONE)]  # catalog name, checkpoint path, or "none" (from scratch)
+    trainingVolumes: list[vtkMRMLScalarVolumeNode]
+    trainingSegmentations: list[vtkMRMLSegmentationNode]  # the i-th belongs to the i-th training volume
+    segmentNames: str = ""  # segments to learn, comma-separated; empty: all segments of the first pair
+    validationPercent: Optional[Annotated[int, WithinRange(0, 50)]] = None  # None: the engine's default
+    preset: Optional[Annotated[str, Choice(PRESET_CHOICES)]] = None  # None: by device ("cpu" / "quick")
+    device: Annotated[str, Choice(DEVICES), Default("auto")]
+    modelName: str = ""  # empty: generated
+    continueFromModel: bool = False
+    # segmentation
+    inputVolume: vtkMRMLScalarVolumeNode
+    model: str = ""  # name in the models folder
+    tta: bool = False  # test-time mirroring (8x slower on CPU)
+    uncertainty: bool = False  # also compute the uncertainty map
+    writeInto: vtkMRMLSegmentationNode  # None: a new segmentation; else its segments of the model's names are replaced
+    outputSegmentation: vtkMRMLSegmentationNode  # the last result
+    uncertaintyVolume: vtkMRMLScalarVolumeNode  # the last result's uncertainty map
+    # which case next
+    candidateVolumes: list[vtkMRMLScalarVolumeNode]
+    candidateFolder: str = ""  # a folder of images, used instead of scene volumes when set
+
+
+FIELD_NAMES = tuple(SSLSegmentationParameterNode.__annotations__)

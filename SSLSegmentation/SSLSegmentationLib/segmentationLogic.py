@@ -12,7 +12,13 @@ Console examples (Slicer's Python console)::
     logic = slicer.util.getModuleLogic("SSLSegmentation")
     model = logic.finetune(backbone="ResEncL-OpenMind-S3D", trainingPairs=[(volumeNode, segmentationNode)],
                            waitForCompletion=True)      # preset: "quick" on a GPU, "cpu" without one
-    segmentationNode = logic.segment(model, inputVolumeNode, waitForCompletion=True)
+    segmentationNode = logic.segment(model, inputVolumeNode, uncertainty=True, waitForCompletion=True)
+    logic.editInSegmentEditor(segmentationNode, inputVolumeNode)   # then open the Segment Editor module
+    logic.segment(model, inputVolumeNode, writeInto=getNode("My segmentation"), waitForCompletion=True)
+
+    # which case next: the most uncertain candidate first
+    ranking = logic.rankCandidates(model, volumeNodes=[getNode("case7"), getNode("case8")], waitForCompletion=True)
+    volume, segmentation = logic.loadCandidate(ranking[0])    # ready in the Segment Editor
 
     # without waitForCompletion the call returns at once with a Job (Slicer polls it with a timer):
     job = logic.finetune(backbone=None, trainingPairs=pairs, preset="cpu")
@@ -55,6 +61,19 @@ def presetForDevice(device):
     return preset, f"preset '{preset}' chosen for the {'GPU' if deviceType == 'cuda' else 'CPU'} (device {device or 'auto'})"
 
 
+def presetNote(preset, device):
+    """``(preset a run uses, one sentence for the panel)``: ``preset`` None follows the device (``presetForDevice``);
+    a GPU preset chosen for a run on the CPU is kept but the sentence warns that it takes hours there."""
+    byDevice, note = presetForDevice(device)
+    if preset is None:
+        return byDevice, note[0].upper() + note[1:] + "."
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if byDevice == "cpu" and preset in ("quick", "standard", "paper"):
+        return preset, f"'{preset}' is made for a GPU: on the CPU it takes hours ('auto' would pick 'cpu')."
+    return preset, f"Preset '{preset}' (chosen by you)."
+
+
 class SSLSegmentationLogic(JobOwner, _LogicBase):
     """Fine-tuning, segmentation, models and backbones, callable from the console (see the module docstring)."""
 
@@ -66,6 +85,7 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
         self.modelStore = ModelStore(modelsFolder)
         self.trainingPairs = []  # (volumeNode, segmentationNode) collected by addCorrectedCase and the widget
         self.currentJob = None
+        self.rankingFolder = None  # the last ranking's files (segmentations, uncertainty maps) until the next one
 
     def getParameterNode(self):
         from .parameters import SSLSegmentationParameterNode
@@ -222,21 +242,29 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
 
     @staticmethod
     def modelLabels(modelPath):
-        """The model's segments ``[{value, name, color}]`` (``sslseg.model_folder.read_model_meta``: a checked
-        model.json of a folder or packed file)."""
+        """The model's segments ``[{value, name, color, terminology}]`` (colour and terminology optional;
+        ``sslseg.model_folder.read_model_meta``: a checked model.json of a folder or packed file)."""
         from sslseg.model_folder import read_model_meta
 
         return read_model_meta(modelPath)["labels"]
 
-    def segment(self, model, inputVolumeNode, tta=False, device=None, outputName=None, waitForCompletion=False,
-                onEvent=None, onLog=None, onFinished=None):
+    def segment(self, model, inputVolumeNode, tta=False, device=None, outputName=None, uncertainty=False,
+                writeInto=None, waitForCompletion=False, onEvent=None, onLog=None, onFinished=None):
         """Segment ``inputVolumeNode`` with ``model`` (name in the models folder, folder or ``.sslmodel`` path).
-        The result is a NEW segmentation node with the model's segment names and colours on the input's geometry,
-        under the input's study. ``tta``: average over mirrorings (8x slower on CPU).
+        The result is a NEW segmentation node with the model's segment names, colours and terminology on the
+        input's geometry, under the input's study; with ``writeInto`` (an existing segmentation node) the model's
+        segments are written into that node instead, replacing its segments of the same names and leaving its
+        other segments as they were. ``tta``: average over mirrorings (8x slower on CPU).
+
+        ``uncertainty``: also compute the uncertainty map (normalised entropy, 0..1), added as a scalar volume over
+        the input (``resultNodes.uncertaintyOf(result)`` gives it with its per-segment summary, also logged).
 
         Returns the segmentation node (``waitForCompletion=True``) or a :class:`Job` whose ``result`` it is."""
         if inputVolumeNode is None or not inputVolumeNode.IsA("vtkMRMLScalarVolumeNode"):
             raise UserError("choose an input volume")
+        if writeInto is not None and (not writeInto.IsA("vtkMRMLSegmentationNode") or
+                                      writeInto.GetScene() is not inputVolumeNode.GetScene()):
+            raise UserError("writeInto must be a segmentation node of the input volume's scene")
         device = parse_device(device or defaultDevice())  # None: the Device setting (auto when unset)
         modelPath = self.resolveModel(model)
         labels = self.modelLabels(modelPath)
@@ -250,31 +278,87 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
         try:
             inputFile = nodeBridge.writeVolume(inputVolumeNode, os.path.join(work, "input", "volume_0000.nii.gz"))
             args = ["predict", "--model", modelPath, "--input", inputFile, "--output", os.path.join(work, "output"),
-                    "--device", device, "--tta" if tta else "--no-tta", "--progress", "json"]
+                    "--device", device, "--progress", "json"]
+            # with uncertainty the engine turns mirroring on itself: the map is the entropy of the TTA mean
+            args += ["--uncertainty"] if uncertainty else ["--tta" if tta else "--no-tta"]
+            args += ["--tta"] if uncertainty and tta else []
             job = Job("segmentation", args, workFolder=work, onEvent=onEvent, onLog=onLog, onFinished=onFinished,
-                      complete=lambda done: self._segmentationNode(done, inputVolumeNode, labels, name))
+                      complete=lambda done: self._segmentResult(done, inputVolumeNode, labels, name, writeInto,
+                                                                uncertainty, onLog))
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
         return self._run(job, waitForCompletion)
 
     @staticmethod
-    def _segmentationNode(done, inputVolumeNode, labels, name):
-        """The engine's label file (read with the engine's checked reader) as a new segmentation node."""
-        from sslseg.imageio import read_image
+    def _segmentResult(done, inputVolumeNode, labels, name, writeInto, uncertainty, onLog):
+        """The engine's files (read with its checked reader, on the input's grid) as scene nodes."""
+        from . import nodeBridge, resultNodes
 
-        from . import nodeBridge
+        labelFile, uncertaintyFile = resultNodes.engineOutputs(done)
+        labelArray = resultNodes.readOnGrid(labelFile, inputVolumeNode, "segmentation")
+        if uncertainty and uncertaintyFile is None:
+            raise UserError("the engine wrote no uncertainty map")
+        uncertaintyArray = resultNodes.readOnGrid(uncertaintyFile, inputVolumeNode, "uncertainty map") \
+            if uncertainty else None
+        if writeInto is not None:
+            nodeBridge.writeLabelArrayInto(writeInto, labelArray, labels, inputVolumeNode)
+            result = writeInto
+        else:
+            result = nodeBridge.labelArrayToSegmentationNode(labelArray, labels, inputVolumeNode, name)
+        if uncertainty:
+            summary = resultNodes.caseSummary(done)
+            volume = resultNodes.addUncertaintyVolume(uncertaintyArray, inputVolumeNode, f"{name} uncertainty",
+                                                      summary)
+            resultNodes.linkUncertainty(result, volume)
+            text = f"{inputVolumeNode.GetName()}: {resultNodes.summaryText(summary)}"
+            logging.info("SSLSegmentation: %s", text)
+            if onLog:
+                onLog(text)
+        return result
 
-        files = [f for f in done.get("outputs", []) if f.endswith(".nii.gz")]
-        if len(files) != 1:
-            raise UserError(f"the engine wrote {len(files)} label files, expected one")
-        if inputVolumeNode.GetScene() is None:
-            raise UserError("the input volume was removed from the scene while it was being segmented")
-        labelArray, geometry = read_image(files[0])
-        if not geometry.same_grid(nodeBridge.volumeGeometry(inputVolumeNode)):
-            raise UserError("the segmentation does not lie on the input volume's grid (was the volume moved "
-                            "while it was being segmented?)")
-        return nodeBridge.labelArrayToSegmentationNode(labelArray, labels, inputVolumeNode, name)
+    def editInSegmentEditor(self, segmentationNode, sourceVolumeNode, showIn3D=True):
+        """Select the segmentation and its source volume in the Segment Editor (its parameter node) and show the
+        segments as a 3D surface; then open the Segment Editor module to correct them. Returns the editor node."""
+        from . import resultNodes
+
+        if segmentationNode is None or sourceVolumeNode is None:
+            raise UserError("a segmentation and its source volume are needed")
+        return resultNodes.selectInSegmentEditor(segmentationNode, sourceVolumeNode, showIn3D)
+
+    # -- which case next --
+
+    def rankCandidates(self, model, volumeNodes=None, folder=None, device=None, tta=False, outputFolder=None,
+                       waitForCompletion=False, onEvent=None, onLog=None, onFinished=None):
+        """Segment candidate volumes (``volumeNodes`` from the scene, or the images of ``folder``) with their
+        uncertainty and order them most uncertain first: the case to correct next is the first (uncertainty
+        sampling). Runs ``sslseg rank`` in the background; results are kept in ``outputFolder`` (default: a
+        folder in Slicer's temporary path, removed with the session's others).
+
+        Returns the ranking (``waitForCompletion=True``) or a :class:`Job` whose ``result`` it is: a list of dicts
+        ``{name, score, per_segment, volumeNode (scene candidates; None for files), input, segmentation,
+        uncertainty_map, model}``. ``loadCandidate(ranking[0])`` loads one, ready in the Segment Editor."""
+        from .ranking import RankingRun
+
+        run = RankingRun(self, model, volumeNodes, folder, device or defaultDevice(), tta, outputFolder)
+        self._refuseIfRunning()
+        return self._run(run.job(onEvent, onLog, onFinished), waitForCompletion)
+
+    def clearRanking(self):
+        """Remove the last ranking's files (kept in Slicer's temporary path for ``loadCandidate``)."""
+        if self.rankingFolder:
+            shutil.rmtree(self.rankingFolder, ignore_errors=True)
+            self.rankingFolder = None
+
+    def loadCandidate(self, candidate, showIn3D=True):
+        """Load a ranked candidate: its volume (the scene node, or read from its file), its segmentation and its
+        uncertainty map, selected in the Segment Editor. Returns ``(volumeNode, segmentationNode)``; correct the
+        segmentation, then ``addCorrectedCase(volumeNode, segmentationNode)``."""
+        from .ranking import loadCandidate
+
+        volume, segmentation = loadCandidate(candidate, self.modelLabels(candidate["model"]))
+        self.editInSegmentEditor(segmentation, volume, showIn3D)
+        return volume, segmentation
 
     # -- human in the loop --
 

@@ -68,8 +68,9 @@ def checkModality(modality, volumeNode):
 
 
 def exportDataset(pairs, segmentNames, folder, modality="auto"):
-    """Write the pairs as an nnU-Net dataset folder; returns the label list ``[{value, name, color}]`` (colours
-    from the first pair)."""
+    """Write the pairs as an nnU-Net dataset folder; returns the label list ``[{value, name, color, terminology}]``
+    for ``sslseg finetune --label-info``: colours from the first pair, terminology (Slicer's coded meaning of a
+    segment) from the first pair whose segment has one chosen."""
     from . import nodeBridge
 
     modality = checkModality(modality, pairs[0][0])
@@ -82,6 +83,9 @@ def exportDataset(pairs, segmentNames, folder, modality="auto"):
         caseLabels = nodeBridge.writeLabels(segmentation, volume, os.path.join(folder, "labelsTr", f"{case}.nii.gz"),
                                             segmentNames)
         labels = labels or caseLabels
+        for entry, terminology in zip(labels, nodeBridge.segmentTerminologies(segmentation, segmentNames).values()):
+            if terminology and not entry.get("terminology"):
+                entry["terminology"] = terminology
     write_json_atomic({
         "name": "Slicer scene export",
         "channel_names": {"0": modality},

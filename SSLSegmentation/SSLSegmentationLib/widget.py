@@ -21,7 +21,8 @@ from .panelBase import ModulePanelBase, formatSeconds
 from .parameters import SSLSegmentationParameterNode
 from .processRunner import ProcessFailed
 from .progressChart import ProgressChart
-from .segmentationLogic import SSLSegmentationLogic
+from .resultNodes import perSegmentText, showUncertainty, summaryText, uncertaintyOf
+from .segmentationLogic import SSLSegmentationLogic, presetNote
 
 try:
     from slicer.i18n import tr as _
@@ -30,6 +31,7 @@ except ImportError:  # Slicer < 5.4
         return text
 
 SCRATCH = "none"
+AUTO = "auto"  # the preset and validation-share widgets' entry for None (chosen by device / by the engine)
 PHASES = {"decoder_warmup": _("decoder warm-up (encoder frozen)"), "full_warmup": _("whole-network warm-up"),
           "poly": _("training"), "train": _("training"), "predict": _("segmenting"), "download": _("downloading")}
 
@@ -43,7 +45,8 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         ModulePanelBase.__init__(self, moduleWidget, SSLSegmentationLogic(),
                                  InstallLogic.forEngine("SSLSegmentation"))
         self._backbones = {}
-        for table in (self.ui.backboneTable, self.ui.trainingPairsTable):
+        self.candidates = []  # the last ranking (SSLSegmentationLogic.rankCandidates), most uncertain first
+        for table in (self.ui.backboneTable, self.ui.trainingPairsTable, self.ui.candidatesTable):
             table.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
             table.verticalHeader().hide()
         self.ui.backboneProgressBar.hide()
@@ -55,7 +58,8 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         self.ui.addPairButton.clicked.connect(self.onAddPair)
         self.ui.removePairButton.clicked.connect(self.onRemovePair)
         self.ui.segmentsListWidget.itemChanged.connect(self.onSegmentChecked)
-        self.ui.presetComboBox.currentTextChanged.connect(lambda text: self._setParameter("preset", text))
+        self.ui.validationPercentSpinBox.valueChanged.connect(self.onValidationPercentChanged)
+        self.ui.presetComboBox.currentTextChanged.connect(self.onPresetChanged)
         self.ui.deviceComboBox.currentTextChanged.connect(self.onDeviceChanged)
         self.ui.finetuneButton.clicked.connect(self.onFinetuneOrCancel)
         self.ui.showChartButton.clicked.connect(self.showChart)
@@ -66,7 +70,13 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         self.ui.importModelButton.clicked.connect(self.onImportModel)
         self.ui.modelComboBox.currentTextChanged.connect(lambda text: self._setParameter("model", text))
         self.ui.segmentButton.clicked.connect(self.onSegmentOrCancel)
+        self.ui.editInSegmentEditorButton.clicked.connect(self.onEditInSegmentEditor)
         self.ui.addCorrectedCaseButton.clicked.connect(self.onAddCorrectedCase)
+        self.ui.candidateVolumesSelector.checkedNodesChanged.connect(self.onCandidatesChecked)
+        self.ui.candidateFolderPathLineEdit.currentPathChanged.connect(
+            lambda path: self._setParameter("candidateFolder", path))
+        self.ui.rankButton.clicked.connect(self.onRankOrCancel)
+        self.ui.loadCandidateButton.clicked.connect(self.onLoadCandidate)
 
         self.initializeParameterNode()
         self.refreshBackbones()
@@ -75,6 +85,10 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         self.updateButtons()
 
     # -- parameter node --
+
+    def cleanup(self):
+        ModulePanelBase.cleanup(self)
+        self.logic.clearRanking()  # the candidates' segmentations and maps go with the session
 
     def enter(self):
         """Entering the module lists what changed meanwhile: backbones pretrained in SSLPretrain, models."""
@@ -88,9 +102,15 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         if parameterNode is None:
             return
         self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
-        self.ui.presetComboBox.setCurrentText(parameterNode.preset)
+        # widgets whose "auto" entry is None in the parameter node are bound here, not by connectGui
+        self.ui.presetComboBox.setCurrentText(parameterNode.preset or AUTO)
+        self.ui.validationPercentSpinBox.value = -1 if parameterNode.validationPercent is None \
+            else parameterNode.validationPercent
         self.ui.deviceComboBox.setCurrentText(self.initialDevice())
+        self.ui.candidateFolderPathLineEdit.currentPath = parameterNode.candidateFolder
+        self._checkNodes(self.ui.candidateVolumesSelector, parameterNode.candidateVolumes)
         self.refreshPairs()
+        self.updatePresetNote()
 
     # -- backbones --
 
@@ -257,13 +277,34 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
                 if torch.cuda.is_available():
                     note = _("GPU: {name}").format(name=torch.cuda.get_device_name(0))
                 else:
-                    note = _("No CUDA GPU visible to PyTorch: training runs on the CPU and is slow. Use the 'cpu' "
-                             "preset (a small network), or install a CUDA build of torch with the PyTorch extension.")
-                    if self.ui.presetComboBox.currentText in ("quick", "standard", "paper"):
-                        self.ui.presetComboBox.setCurrentText("cpu")
+                    note = _("No CUDA GPU visible to PyTorch: training runs on the CPU and is slow. The 'auto' "
+                             "preset picks 'cpu' (a small network); a CUDA build of torch comes with the PyTorch "
+                             "extension.")
             except ImportError:
                 pass
         self.ui.deviceNoteLabel.setText(note)
+        self.updatePresetNote()
+
+    def onPresetChanged(self, text):
+        self._setParameter("preset", None if text == AUTO else text)
+        self.updatePresetNote()
+
+    def onDeviceChanged(self, text):
+        ModulePanelBase.onDeviceChanged(self, text)
+        self.updatePresetNote()
+
+    def onValidationPercentChanged(self, value):
+        self._setParameter("validationPercent", None if value < 0 else int(value))
+
+    def updatePresetNote(self):
+        """Say which preset a run will use (``presetNote``): the device's for "auto", else the one chosen, with a
+        warning when a GPU preset would run on the CPU."""
+        chosen = self.ui.presetComboBox.currentText
+        try:
+            _preset, text = presetNote(None if chosen == AUTO else chosen, self.ui.deviceComboBox.currentText or AUTO)
+        except ImportError:  # torch not installed yet: the device cannot be told
+            text = _("The preset is chosen by device once torch is installed.")
+        self.ui.presetNoteLabel.setText(text)
 
     def _startJob(self, start):
         try:
@@ -287,11 +328,14 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         kind = self.job.kind if running else None
         self.ui.finetuneButton.text = _("Cancel") if kind == "fine-tuning" else _("Fine-tune")
         self.ui.segmentButton.text = _("Cancel") if kind == "segmentation" else _("Segment")
+        self.ui.rankButton.text = _("Cancel") if kind == "ranking" else _("Rank by uncertainty")
         self.ui.finetuneButton.enabled = kind in (None, "fine-tuning") and bool(self._pairs())
         self.ui.segmentButton.enabled = kind in (None, "segmentation")
+        self.ui.rankButton.enabled = kind in (None, "ranking")
         for button in (self.ui.importBackboneButton, self.ui.deleteModelButton, self.ui.renameModelButton,
                        self.ui.importModelButton, self.ui.addCorrectedCaseButton):
             button.enabled = not running
+        self.ui.loadCandidateButton.enabled = not running and bool(self.candidates)
         entry = self.selectedBackbone()
         self.ui.downloadBackboneButton.enabled = (not running and entry is not None and entry["name"] != SCRATCH
                                                   and not entry.get("cached"))
@@ -341,8 +385,8 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
                 self.refreshModels(select=os.path.basename(job.result))
 
         self._startJob(lambda: self.logic.finetune(
-            backbone, self._pairs(), segmentNames=segmentNames, preset=p.preset,
-            device=p.device, validationShare=None if p.validationPercent < 0 else p.validationPercent / 100.0,
+            backbone, self._pairs(), segmentNames=segmentNames, preset=p.preset,  # None: by device, logged
+            device=p.device, validationShare=None if p.validationPercent is None else p.validationPercent / 100.0,
             initialModel=initialModel, modelName=p.modelName or None, onEvent=self.onProgressEvent,
             onLog=self.appendLog, onFinished=onFinished))
         if self.job is not None:
@@ -434,14 +478,96 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         def onFinished(job):
             self._jobFinished(job, _("Segmentation"))
             if job.status == "succeeded":
-                p.outputSegmentation = job.result
-                slicer.util.setSliceViewerLayers(background=p.inputVolume)
-                self.ui.statusLabel.setText(_("Created {name}: edit it in Segment Editor, then 'Add corrected case "
-                                              "to training'.").format(name=job.result.GetName()))
+                self.showResult(p.inputVolume, job.result)
 
         self._startJob(lambda: self.logic.segment(p.model, p.inputVolume, tta=p.tta, device=p.device,
+                                                  uncertainty=p.uncertainty, writeInto=p.writeInto,
                                                   onEvent=self.onProgressEvent, onLog=self.appendLog,
                                                   onFinished=onFinished))
+
+    def showResult(self, volume, segmentation):
+        """The result selected in the Segment Editor with its 3D surface, the uncertainty map over the volume."""
+        p = self.parameterNode
+        p.inputVolume, p.outputSegmentation = volume, segmentation
+        self.logic.editInSegmentEditor(segmentation, volume)
+        uncertainty, summary = uncertaintyOf(segmentation)
+        p.uncertaintyVolume = uncertainty
+        if uncertainty is not None:
+            showUncertainty(volume, uncertainty)
+        else:
+            slicer.util.setSliceViewerLayers(background=volume)
+        slicer.util.resetSliceViews()
+        text = summaryText(summary) if summary else ""
+        self.ui.statusLabel.setText(_("{name} is selected in the Segment Editor: correct it there ('Correct in "
+                                      "Segment Editor'), then 'Add corrected case to training'.{extra}").format(
+            name=segmentation.GetName(), extra=f" {text[:1].upper()}{text[1:]}." if text else ""))
+
+    def onEditInSegmentEditor(self):
+        p = self.parameterNode
+        if p.inputVolume is None or p.outputSegmentation is None:
+            slicer.util.warningDisplay(_("Segment a volume first."))
+            return
+        self.logic.editInSegmentEditor(p.outputSegmentation, p.inputVolume)
+        slicer.util.selectModule("SegmentEditor")
+
+    # -- which case next --
+
+    @staticmethod
+    def _checkNodes(selector, nodes):
+        wasBlocked = selector.blockSignals(True)
+        for index in range(selector.nodeCount()):
+            node = selector.nodeFromIndex(index)
+            selector.setCheckState(node, qt.Qt.Checked if any(node is n for n in nodes) else qt.Qt.Unchecked)
+        selector.blockSignals(wasBlocked)
+
+    def onCandidatesChecked(self):
+        self._setParameter("candidateVolumes", list(self.ui.candidateVolumesSelector.checkedNodes()))
+
+    def onRankOrCancel(self):
+        if self.isRunning():
+            self.job.cancel()
+            return
+        p = self.parameterNode
+        folder = p.candidateFolder or None
+        volumes = None if folder else [node for node in p.candidateVolumes if node is not None]
+        if not p.model or not (folder or volumes):
+            slicer.util.warningDisplay(_("Choose a model, and candidate volumes or a folder."))
+            return
+        if not self._ensureDependencies():
+            return
+
+        def onFinished(job):
+            self._jobFinished(job, _("Ranking"))
+            if job.status == "succeeded":
+                self.candidates = job.result
+                self.refreshCandidates()
+
+        self._startJob(lambda: self.logic.rankCandidates(p.model, volumeNodes=volumes, folder=folder,
+                                                         device=p.device, tta=p.tta, onEvent=self.onProgressEvent,
+                                                         onLog=self.appendLog, onFinished=onFinished))
+
+    def refreshCandidates(self):
+        table = self.ui.candidatesTable
+        table.setRowCount(len(self.candidates))
+        for row, candidate in enumerate(self.candidates):
+            perSegment = perSegmentText(candidate.get("per_segment"))
+            score = candidate.get("score")
+            cells = [candidate.get("name") or "", f"{score:.3f}" if isinstance(score, (int, float)) else "-",
+                     perSegment]
+            for column, text in enumerate(cells):
+                table.setItem(row, column, qt.QTableWidgetItem(text))
+        if self.candidates:
+            table.selectRow(0)  # the most uncertain
+        self.updateButtons()
+
+    def onLoadCandidate(self):
+        rows = {index.row() for index in self.ui.candidatesTable.selectionModel().selectedRows()}
+        if not rows:
+            slicer.util.warningDisplay(_("Select a case in the list."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Loading the case failed."), waitCursor=True):
+            volume, segmentation = self.logic.loadCandidate(self.candidates[min(rows)])
+            self.showResult(volume, segmentation)
 
     def onAddCorrectedCase(self):
         p = self.parameterNode

@@ -54,8 +54,10 @@ def load(checkpoint: dict, path: str, name: str, num_classes: int, in_channels: 
     if catalog_entry:
         plan = plan_from_entry(catalog_entry)
     else:
-        plan = {"spacing": None, "normalization": "zscore", "patch_size": [64, 128, 128],
-                "in_channels": int(state["project.weight"].shape[1]), "method": "VolF", "modality": None}
+        # MIS-FM's published FMUNet is pretrained on CT, clipped to [-1000, 1000] HU and mapped to [-1, 1] (PyMIC)
+        plan = {"spacing": None, "normalization": "ct", "intensity_range": [-1000.0, 1000.0],
+                "patch_size": [64, 128, 128], "in_channels": int(state["project.weight"].shape[1]), "method": "VolF",
+                "modality": None}
     plan["in_channels"] = int(state["project.weight"].shape[1])
     network = build_from_spec(spec, in_channels, num_classes)
     report = LoadReport(name=name, source=path, format=FORMAT, spec=spec, plan=plan, num_classes=num_classes,

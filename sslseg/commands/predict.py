@@ -9,11 +9,16 @@ from sslseg.commands._common import add_progress_argument, run_reported, sigterm
 EPILOG = """examples:
   sslseg predict --model models/hippo --input case.nii.gz --output segmentations/ --seg-nrrd
   sslseg predict --model hippo.sslmodel --input scans/ --output segmentations/ --tta --progress json
+  sslseg predict --model models/hippo --input unlabelled/ --output segmentations/ --uncertainty
 
-Each input gives <case>.nii.gz (label values on the input's exact grid) and, with --seg-nrrd, a Slicer
-<case>.seg.nrrd with segment names and colours. Everything is checked before the model is loaded: the options,
-every output path (no output may land on an input, a link to one included; no two inputs may share a name) and
-every input (readable, complete, the model's channel count, no NaN/Inf voxels)."""
+Each input gives <case>.nii.gz (label values on the input's exact grid), with --seg-nrrd a Slicer
+<case>.seg.nrrd with segment names and colours, and with --uncertainty <case>_uncertainty.nii.gz: per voxel the
+normalised entropy (0 = sure, 1 = all classes equally likely) of the softmax averaged over the mirrorings, on the
+input's grid; its summary per case (mean, per segment, a ranking score) comes in the "done" event.
+
+Everything is checked before the model is loaded: the options, every output path (no output may land on an input,
+a link to one included; no two inputs or outputs may share a name) and every input (readable, complete, the
+model's channel count, no NaN/Inf voxels)."""
 
 
 def add_parser(subparsers):
@@ -29,10 +34,13 @@ def add_parser(subparsers):
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cuda, cuda:N or cpu")
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="average over the 8 mirrorings (default: on with CUDA, off on CPU)")
+                        help="average over the 8 mirrorings (default: on with CUDA or --uncertainty, off on CPU)")
     parser.add_argument("--seg-nrrd", action="store_true", help="also write Slicer .seg.nrrd files")
     parser.add_argument("--format", choices=("nii.gz", "nii", "nrrd"), default="nii.gz", help="label file format")
-    parser.add_argument("--batch-size", type=int, default=2, help="windows per forward pass, at least 1 (default 2)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="windows per forward pass, at least 1 (default: from free GPU memory; 2 on the CPU)")
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="also write <case>_uncertainty maps and summarise them per case (turns TTA on)")
     add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
@@ -48,7 +56,7 @@ def run(args):
 
         written = predict(args.model, args.input, args.output, device=args.device, overlap=args.overlap,
                           tta=args.tta, seg_nrrd=args.seg_nrrd, output_format=args.format, progress=reporter,
-                          sw_batch_size=args.batch_size)
+                          sw_batch_size=args.batch_size, uncertainty=args.uncertainty)
         if args.progress == "bar":
             for path in written:
                 print(path)

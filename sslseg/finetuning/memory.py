@@ -1,12 +1,20 @@
 """Fitting a training step into GPU memory: measure a real forward/backward pass, then trade time for memory
 (gradient checkpointing, Chen et al., "Training deep nets with sublinear memory cost", 2016), then shrink the batch,
-then the patch, the order in which nnU-Net's planner gives things up (Isensee et al., Nature Methods 2021)."""
+then the patch, the order in which nnU-Net's planner gives things up (Isensee et al., Nature Methods 2021). The
+limit then binds the whole run (the allocator's per-process fraction), and the run's peaks go to its log and
+model.json."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from sslseg.errors import UserError
+
+# The probe's peak must stay this far under the limit: the real step adds the loss, deep supervision's targets and
+# validation between steps, and the allocator's blocks fragment over a run.
+HEADROOM = 0.9
 
 
 def enable_gradient_checkpointing(network) -> int:
@@ -33,22 +41,26 @@ def enable_gradient_checkpointing(network) -> int:
     return len(stages)
 
 
-def peak_training_memory(network, in_channels, patch, batch_size, device) -> float:
-    """Bytes a mixed-precision forward/backward pass of one batch adds on ``device`` (inf when it runs out)."""
+def peak_training_memory(network, in_channels, patch, batch_size, device, precision=None) -> float:
+    """Bytes of GPU memory reserved at the peak of one mixed-precision forward/backward pass of a batch (the
+    weights and gradients included; inf when it runs out). Reserved, not allocated: the caching allocator's blocks
+    are what the card gives up, and what ``torch.cuda.max_memory_reserved`` reports for the run."""
     import torch
 
+    from sslseg.device import mixed_precision
+
+    precision = precision or mixed_precision(device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
     x = out = loss = None
     try:
         x = torch.zeros((batch_size, in_channels, *patch), device=device)
-        with torch.autocast("cuda", dtype=torch.float16):
+        with torch.autocast("cuda", dtype=precision.dtype, enabled=precision.enabled):
             out = network(x)
             out = out[0] if isinstance(out, (list, tuple)) else out
             loss = out.float().mean()
         loss.backward()
-        return torch.cuda.max_memory_allocated(device) - base
+        return float(torch.cuda.max_memory_reserved(device))
     except torch.cuda.OutOfMemoryError:
         return float("inf")
     finally:
@@ -57,22 +69,37 @@ def peak_training_memory(network, in_channels, patch, batch_size, device) -> flo
         torch.cuda.empty_cache()
 
 
-def fit_to_memory(network, in_channels, patch, batch_size, stride, device, limit_gb, reporter):
+@dataclass
+class MemoryFit:
+    """What fitting gave: the patch and batch to train with, whether gradient checkpointing is on, the limit and
+    the estimated peak (bytes)."""
+    patch: list
+    batch_size: int
+    checkpointing: bool
+    limit: float
+    estimate: float
+
+    def to_dict(self) -> dict:
+        return {"limit_gb": round(self.limit / 2 ** 30, 2), "fitted_estimate_gb": round(self.estimate / 2 ** 30, 2)}
+
+
+def fit_to_memory(network, in_channels, patch, batch_size, stride, device, limit_gb, reporter, precision=None,
+                  state_copies: int = 1) -> MemoryFit:
     """On CUDA: measure a full forward/backward pass and shrink until it fits under ``limit_gb`` (default 90 % of the
-    card): first gradient checkpointing, then the batch, then the patch (largest axis first). Returns
-    (patch, batch_size, checkpointing)."""
+    card) with ``HEADROOM`` to spare: first gradient checkpointing, then the batch, then the patch (largest axis
+    first). ``state_copies``: copies of the weights the optimiser keeps (SGD momentum 1, AdamW 2)."""
     import torch
 
     total = torch.cuda.get_device_properties(device).total_memory
     limit = float(limit_gb) * 2 ** 30 if limit_gb else 0.9 * total
     checkpointing = False
     patch = list(patch)
+    params = sum(p.numel() * p.element_size() for p in network.parameters())
     while True:
-        peak = peak_training_memory(network, in_channels, patch, batch_size, device)
-        # optimiser state (SGD momentum: one copy of the weights) and the data come on top of the probe
-        params = sum(p.numel() * p.element_size() for p in network.parameters())
-        if peak + 2 * params <= limit:
-            return patch, batch_size, checkpointing
+        estimate = peak_training_memory(network, in_channels, patch, batch_size, device, precision) + \
+            state_copies * params
+        if estimate <= HEADROOM * limit:
+            return MemoryFit(patch, batch_size, checkpointing, limit, estimate)
         if not checkpointing:
             enable_gradient_checkpointing(network)
             checkpointing = True
@@ -88,3 +115,26 @@ def fit_to_memory(network, in_channels, patch, batch_size, stride, device, limit
             patch[axis] -= stride[axis]
             reporter.log(f"GPU memory: patch reduced to {patch}")
 
+
+def hold_to_limit(device, limit: float) -> None:
+    """Make the limit binding for the run: the caching allocator frees its cache and retries before it would
+    reserve beyond ``limit`` bytes (``torch.cuda.set_per_process_memory_fraction``)."""
+    import torch
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, float(limit) / total), device)
+    torch.cuda.reset_peak_memory_stats(device)
+
+
+def release_limit(device) -> None:
+    import torch
+
+    torch.cuda.set_per_process_memory_fraction(1.0, device)
+
+
+def peaks(device) -> dict:
+    """The run's GPU memory peaks so far (GB): reserved (what the card gave up) and allocated (tensors)."""
+    import torch
+
+    return {"peak_reserved_gb": round(torch.cuda.max_memory_reserved(device) / 2 ** 30, 2),
+            "peak_allocated_gb": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)}

@@ -52,8 +52,10 @@ def _optional(check, name: str, value, *limits):
 
 
 def check_label_info(label_info) -> list | None:
-    """A ``--label-info`` list (or the path of a JSON file holding one): ``[{value, name, color}]``, values 1..255
-    once each, names non-empty strings, colours 3 numbers in [0, 1]."""
+    """A ``--label-info`` list (or the path of a JSON file holding one): ``[{value, name, color, terminology}]``,
+    values 1..255 once each, names non-empty strings, colours 3 numbers in [0, 1], terminology (optional) a Slicer
+    terminology entry string (``sslseg.model_folder.check_terminology``), carried into model.json and every
+    predicted segment."""
     from sslseg.model_folder import check_labels
 
     if label_info is None:

@@ -1,33 +1,84 @@
-"""The preprocessing and patch plan of a fine-tuning run: target spacing, intensity normalisation, patch and batch.
+"""The plan of a fine-tuning run, from the training data: target spacing, intensity normalisation, patch, batch and,
+for a network built from scratch, its per-axis strides and kernels. After nnU-Net v2's experiment planning (Isensee
+et al., "nnU-Net: a self-configuring method for deep learning-based biomedical image segmentation", Nature Methods
+2021; nnunetv2/experiment_planning), with a compute budget per preset.
 
-Rules, in order of precedence:
-
-- spacing: the starting network's plan (a backbone's pretraining spacing, or a fine-tuned model's), else the median
-  spacing of the training cases (nnU-Net's default target, Isensee et al., Nature Methods 2021);
-- normalisation: a fine-tuned model's own (its weights expect it), else CT clipping for CT data and per-case z-score
-  otherwise (nnU-Net's two schemes);
-- patch: an explicit ``patch_size`` (a multiple of the network's total stride), a fine-tuned model's own patch, the
-  preset's fixed patch, else the data's median shape rounded up to the stride and capped by the plan's
-  (recommended) patch and the preset's maximum;
-- batch: an explicit ``batch_size``, else the preset's.
-
-The result is a small ``Plan``; fitting it into GPU memory (sslseg.finetuning.memory) may shrink patch and batch
-afterwards.
+- spacing: a fine-tuned model's own; a backbone's pretraining spacing; else the median of the training cases, except
+  along a thick-slice axis (more than 3x coarser than the others AND fewer than a third as many voxels as the
+  smallest other axis), which takes the 10th percentile of its spacings, never finer than the other axes (little
+  interpolation across slices: nnU-Net's anisotropy rule). The ``cpu`` preset may then coarsen the spacing (at most
+  ``max_coarsening`` times, the finest axes first) until a patch within its budget holds ``min_coverage`` of the
+  median case: a patch that sees a fraction of an organ learns little in 15 minutes, and predictions are resampled
+  back onto every input's own grid anyway (nnU-Net's low-resolution configuration follows the same reasoning).
+- normalisation: a fine-tuned model's own (its weights expect it); a backbone's (nnssl's fine-tuning z-scores every
+  channel, MIS-FM's CT backbones clip to [-1000, 1000] HU and scale to [-1, 1]); else CT clipping for CT data and
+  per-case z-score otherwise.
+- network (from scratch): pooling along an axis only while its current spacing is less than 2x the finest current
+  spacing and it keeps at least 4 voxels at the bottleneck; kernels 1 along an axis still 2x coarser than the finest
+  (1x3x3 in the early stages of thick-slice data), 3 from then on, 3x3x3 at the bottleneck; as many stages as the
+  patch allows, at most the preset's network's, whose widths and blocks it keeps (``resenc.planned_spec``).
+- patch: the median case at the target spacing, shrunk one stride at a time along the axis that is largest
+  relative to the median case (a thick-slice axis only once its extent in mm exceeds the others': all slices
+  first) until one sample costs no more than the preset's budget, each axis a multiple of its total stride. The
+  budget is the cost of the preset's ``budget_patch`` on its named network (``resenc.step_cost``): a planned
+  network with cheap in-plane kernels may take a larger patch. A fixed network (a backbone, ``--init-model``, an
+  explicit ``arch``) keeps its strides; its patch is held to the budget's voxel count and the backbone's
+  recommended patch.
+- batch: the budget left by the patch (at least 2, at most what covers 5 % of the training voxels, nnU-Net's cap)
+  for a planned network; the recipe's batch (2) for a fixed one; an explicit ``batch_size`` always wins.
 
 Example::
 
-    plan = make_plan(geometries, modality="MR", in_channels=1, stride=[4, 4, 4], preset=get_preset("cpu"))
-    plan.patch_size, plan.preprocessor().to_dict()
+    plan = make_plan(geometries, modality="MR", in_channels=1, preset=get_preset("cpu"))
+    plan.patch_size, plan.spec["config"]["strides"], plan.reasons
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from sslseg.errors import UserError
-from sslseg.preprocessing import DEFAULT_CT_RANGE, Preprocessor, choose_patch_size
+from sslseg.preprocessing import DEFAULT_CT_RANGE, Preprocessor
+
+ANISOTROPY_RATIO = 3.0  # nnU-Net's ANISO_THRESHOLD
+MIN_BOTTLENECK = 4  # voxels along a pooled axis at the bottleneck (nnU-Net's minimal feature map edge)
+COARSEN_STEP = 1.03  # spacing increase per step when coarsening (nnU-Net's low-resolution planning)
+BATCH_DATA_FRACTION = 0.05  # a batch covers at most this share of the training voxels (nnU-Net)
+MIN_BATCH = 2
+MAX_SHRINK_STEPS = 10_000  # a bound on the patch search (it ends long before: every step shrinks an axis)
+AXES = "zyx"  # array axes
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The training cases' spacings and shapes, both in array order [z, y, x]."""
+    spacings: np.ndarray  # [n, 3] mm
+    shapes: np.ndarray  # [n, 3] voxels
+
+    @classmethod
+    def of(cls, geometries) -> "Fingerprint":
+        if not geometries:
+            raise UserError("no training cases to plan from")
+        return cls(np.asarray([list(reversed(g.spacing)) for g in geometries], float),
+                   np.asarray([list(g.shape) for g in geometries], float))
+
+    def median_shape(self, spacing) -> np.ndarray:
+        """The median case's shape [z, y, x] (voxels, not rounded) at ``spacing`` [z, y, x]."""
+        return np.median(self.shapes * self.spacings / np.asarray(spacing, float), axis=0)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Per-stage kernels and strides [z, y, x] of a planned network, stage 0 first."""
+    kernel_sizes: list
+    strides: list
+
+    @property
+    def stride(self) -> list:
+        return [math.prod(s[axis] for s in self.strides) for axis in range(3)]
 
 
 @dataclass(frozen=True)
@@ -39,54 +90,311 @@ class Plan:
     batch_size: int
     stride: list  # the network's total stride per axis [z, y, x]
     intensity_range: list = tuple(DEFAULT_CT_RANGE)  # CT clipping window
+    spec: dict | None = None  # the planned network (from scratch); None: the network is fixed
+    anisotropy_axis: int | None = None  # array axis (0 = z) whose spacing is > 3x the others', or None
+    reasons: tuple = field(default_factory=tuple)  # what the plan chose and why, one short line each
 
     def preprocessor(self) -> Preprocessor:
         return Preprocessor(spacing=list(self.spacing), normalization=self.normalization,
                             in_channels=self.in_channels, intensity_range=list(self.intensity_range))
 
+    def to_dict(self) -> dict:
+        """The model.json ``plan`` entry."""
+        config = (self.spec or {}).get("config", {})
+        return {"spacing": [round(float(s), 5) for s in self.spacing], "patch_size": list(self.patch_size),
+                "batch_size": self.batch_size, "normalization": self.normalization, "stride": list(self.stride),
+                "strides": config.get("strides"), "kernel_sizes": config.get("kernel_sizes"),
+                "anisotropy_axis": None if self.anisotropy_axis is None else AXES[self.anisotropy_axis],
+                "reasons": list(self.reasons)}
 
-def make_plan(train_geometries, modality: str, in_channels: int, stride, preset, network_plan=None,
-              inherited=None, patch_size=None, batch_size=None) -> Plan:
-    """The plan from the training cases' geometries (sslseg.imageio.Geometry), the dataset's modality ("CT" or
-    other), the starting network's total stride and plan (``network_plan``: {"spacing", "patch_size" or
-    "recommended_patch_size"}), and ``inherited``: a fine-tuned model's (Preprocessor, patch) to continue from."""
-    network_plan = network_plan or {}
+
+def make_plan(train_geometries, modality: str, in_channels: int, preset, stride=None, network_plan=None,
+              inherited=None, patch_size=None, batch_size=None, base_arch=None) -> Plan:
+    """The plan from the training cases' geometries (sslseg.imageio.Geometry) and the dataset's modality.
+
+    ``stride``: the total stride of a fixed starting network; None plans a network from scratch, derived from
+    ``base_arch`` (default: the preset's). ``network_plan``: the starting network's hints {"spacing",
+    "normalization", "patch_size" or "recommended_patch_size"}; ``inherited``: a fine-tuned model's (Preprocessor,
+    patch) to continue from. ``patch_size``, ``batch_size``: explicit choices (checked against the strides)."""
+    fingerprint = Fingerprint.of(train_geometries)
     if inherited is not None:
-        preprocessor, model_patch = inherited
-        spacing, normalization = [float(s) for s in preprocessor.spacing], preprocessor.normalization
-        intensity_range = list(preprocessor.intensity_range)
+        return inherited_plan(inherited, in_channels, stride, preset, patch_size, batch_size)
+    network_plan, reasons = network_plan or {}, []
+    normalization, intensity_range = choose_normalization(modality, network_plan, reasons)
+    spacing = choose_spacing(fingerprint, network_plan.get("spacing"), reasons)
+    sizer = (PlannedNetwork(base_arch or preset.arch, preset, in_channels) if stride is None
+             else FixedNetwork(stride, preset, network_plan.get("patch_size")
+                               or network_plan.get("recommended_patch_size")))
+    if patch_size or preset.patch_size:
+        patch, topology = sizer.explicit([int(p) for p in patch_size or preset.patch_size], spacing)
+        source = "as asked" if patch_size else "the preset's"
+        reasons.append(f"patch {patch}: {source}")
     else:
-        spacing, normalization = target_spacing(train_geometries, network_plan), \
-            "ct" if modality == "CT" else "zscore"
-        intensity_range, model_patch = list(DEFAULT_CT_RANGE), None
-    shapes = [resampled_shape(g, spacing) for g in train_geometries]
-    patch = choose_patch(shapes, stride, preset, network_plan, patch_size, model_patch)
-    return Plan(spacing=spacing, normalization=normalization, in_channels=int(in_channels), patch_size=patch,
-                batch_size=int(batch_size or preset.batch_size), stride=list(stride),
-                intensity_range=intensity_range)
+        coarsen = bool(preset.min_coverage) and not network_plan.get("spacing")
+        spacing, patch, topology = fit_patch(fingerprint, spacing, sizer, preset, coarsen, reasons)
+    batch = choose_batch(fingerprint, spacing, patch, sizer, batch_size, reasons)
+    spec = sizer.spec(topology)
+    return Plan(spacing=[float(s) for s in reversed(spacing)], normalization=normalization,
+                in_channels=int(in_channels), patch_size=[int(p) for p in patch], batch_size=batch,
+                stride=list(sizer.stride_of(topology)), intensity_range=list(intensity_range), spec=spec,
+                anisotropy_axis=thick_axis(spacing), reasons=tuple(reasons))
 
 
-def target_spacing(train_geometries, network_plan: dict) -> list:
-    """The plan's spacing, else the median spacing of the training cases."""
-    if network_plan.get("spacing"):
-        return [float(s) for s in network_plan["spacing"]]
-    return np.median(np.asarray([g.spacing for g in train_geometries]), axis=0).tolist()
+def inherited_plan(inherited, in_channels, stride, preset, patch_size, batch_size) -> Plan:
+    """A fine-tuned model's spacing, normalisation and patch (an explicit patch or batch still wins)."""
+    preprocessor, model_patch = inherited
+    spacing = [float(s) for s in preprocessor.spacing]
+    patch = [int(p) for p in (patch_size or model_patch)]
+    check_multiple(patch, stride)
+    batch = int(batch_size or preset.batch_size)
+    reasons = (f"spacing {[round(s, 3) for s in spacing]} mm, {preprocessor.normalization} normalisation and "
+               f"patch {patch}: the initial model's", f"batch {batch}: {'as asked' if batch_size else 'the recipe'}")
+    return Plan(spacing=spacing, normalization=preprocessor.normalization, in_channels=int(in_channels),
+                patch_size=patch, batch_size=batch, stride=list(stride),
+                intensity_range=list(preprocessor.intensity_range),
+                anisotropy_axis=thick_axis(list(reversed(spacing))), reasons=reasons)
 
 
-def resampled_shape(geometry, spacing) -> tuple:
-    return Preprocessor(spacing=spacing).target_geometry(geometry).shape
+# --- normalisation and spacing -------------------------------------------------------------------------------
+
+def choose_normalization(modality: str, network_plan: dict, reasons: list):
+    """(normalisation, CT window): the starting network's, else by modality."""
+    wanted = network_plan.get("normalization")
+    window = list(network_plan.get("intensity_range") or DEFAULT_CT_RANGE)
+    if wanted in ("zscore", "ct"):
+        reasons.append(f"normalisation {wanted}: the backbone's plan" +
+                       (f" (clip to {window} -> [-1, 1])" if wanted == "ct" else " (per case and channel)"))
+        return wanted, window
+    if wanted:
+        # nnssl's fine-tuning z-scores every channel whatever its pretraining plan names
+        reasons.append(f"normalisation zscore: the backbone's plan names {wanted!r}, which fine-tuning does not use")
+        return "zscore", list(DEFAULT_CT_RANGE)
+    if modality == "CT":
+        reasons.append(f"normalisation ct: CT data (clip to {list(DEFAULT_CT_RANGE)} HU -> [-1, 1])")
+        return "ct", list(DEFAULT_CT_RANGE)
+    reasons.append("normalisation zscore: per case and channel (not CT)")
+    return "zscore", list(DEFAULT_CT_RANGE)
 
 
-def choose_patch(shapes, stride, preset, network_plan: dict, patch_size=None, model_patch=None) -> list:
-    """Patch [z, y, x]: explicit, a fine-tuned model's, the preset's, or from the data (see the module docstring)."""
-    if patch_size:
-        patch = [int(p) for p in patch_size]
-        if any(p % s for p, s in zip(patch, stride)):
-            raise UserError(f"patch size {patch} must be a multiple of the network's total stride {stride}")
-        return patch
-    if model_patch:
-        return [int(p) for p in model_patch]
-    if preset.patch_size:
-        return list(preset.patch_size)
-    return choose_patch_size(shapes, stride, network_plan.get("patch_size") or
-                             network_plan.get("recommended_patch_size"), preset.max_patch_size)
+def choose_spacing(fingerprint: Fingerprint, network_spacing, reasons: list) -> list:
+    """The target spacing [z, y, x]: the network's (its None entries from the data), else the data's."""
+    spacing = np.median(fingerprint.spacings, axis=0)
+    if network_spacing:
+        given = list(reversed(list(network_spacing)))
+        spacing = [float(g) if g is not None else float(s) for g, s in zip(given, spacing)]
+        reasons.append(f"spacing {_mm(spacing)}: the backbone's pretraining spacing")
+        return spacing
+    median_shape = np.median(fingerprint.shapes, axis=0)
+    coarse = int(np.argmax(spacing))
+    others = [a for a in range(3) if a != coarse]
+    if spacing[coarse] > ANISOTROPY_RATIO * max(spacing[others]) and \
+            median_shape[coarse] * ANISOTROPY_RATIO < min(median_shape[others]):
+        tenth = float(np.percentile(fingerprint.spacings[:, coarse], 10))
+        spacing[coarse] = max(tenth, float(max(spacing[others])))
+        reasons.append(f"spacing {_mm(spacing)}: median of {len(fingerprint.shapes)} case(s); {AXES[coarse]} has "
+                       f"thick slices (about {median_shape[coarse]:.0f}), kept near its own spacing (10th percentile)")
+    else:
+        reasons.append(f"spacing {_mm(spacing)}: median of {len(fingerprint.shapes)} case(s)")
+    return [float(s) for s in spacing]
+
+
+def thick_axis(spacing) -> int | None:
+    """The array axis whose spacing is more than 3x every other's ([z, y, x] spacing), or None."""
+    spacing = [float(s) for s in spacing]
+    coarse = int(np.argmax(spacing))
+    others = [s for a, s in enumerate(spacing) if a != coarse]
+    return coarse if spacing[coarse] > ANISOTROPY_RATIO * max(others) else None
+
+
+def _mm(spacing) -> str:
+    """[z, y, x] spacing as the [x, y, z] mm text used everywhere else."""
+    return f"{[round(float(s), 3) for s in reversed(list(spacing))]} mm (x, y, z)"
+
+
+# --- network topology ----------------------------------------------------------------------------------------
+
+def plan_topology(spacing, patch, max_stages: int) -> Topology:
+    """Per-stage kernels and strides for ``patch`` at ``spacing`` (both [z, y, x]), nnU-Net's rules (module
+    docstring); at most ``max_stages`` stages."""
+    current, size = [float(s) for s in spacing], [int(p) for p in patch]
+    kernel, kernels, strides = [1, 1, 1], [], [[1, 1, 1]]
+    while len(strides) < max_stages:
+        able = [a for a in range(3) if size[a] >= 2 * MIN_BOTTLENECK]
+        if not able:
+            break
+        finest = min(current[a] for a in able)
+        pooled = [a for a in able if current[a] < 2 * finest]
+        kernel = [3 if kernel[a] == 3 or current[a] < 2 * min(current) else 1 for a in range(3)]
+        kernels.append(kernel)
+        strides.append([2 if a in pooled else 1 for a in range(3)])
+        for a in pooled:
+            current[a] *= 2
+            size[a] = math.ceil(size[a] / 2)
+    return Topology(kernels + [[3, 3, 3]], strides)
+
+
+def round_up(patch, stride) -> list:
+    return [int(math.ceil(p / s) * s) for p, s in zip(patch, stride)]
+
+
+def check_multiple(patch, stride):
+    if any(p % s for p, s in zip(patch, stride)):
+        raise UserError(f"patch size {list(patch)} must be a multiple of the network's total stride {list(stride)}")
+
+
+class PlannedNetwork:
+    """Sizes patches for a network planned from the data (from scratch): strides and kernels follow the patch,
+    the cost is held to the preset's budget."""
+    planned = True
+
+    def __init__(self, base_arch: str, preset, in_channels: int):
+        from sslseg.networks.resenc import architecture_kwargs, step_cost
+
+        self.base, self.in_channels = base_arch, int(in_channels)
+        self.max_stages = architecture_kwargs(base_arch)["n_stages"]
+        reference = architecture_kwargs(preset.arch)
+        self.budget = step_cost(reference, preset.budget_patch, self.in_channels)
+        self.budget_batch = int(preset.batch_size)
+        self.budget_text = f"{'x'.join(map(str, preset.budget_patch))} on {preset.arch}"
+
+    def fit(self, spacing, patch) -> tuple:
+        """(patch rounded up to its network's strides, topology): rounding may allow one more pooling."""
+        topology = plan_topology(spacing, patch, self.max_stages)
+        for _ in range(self.max_stages):  # each round adds a pooling, at most one per stage
+            rounded = round_up(patch, topology.stride)
+            again = plan_topology(spacing, rounded, self.max_stages)
+            if again == topology:
+                break
+            patch, topology = rounded, again
+        return round_up(patch, topology.stride), topology
+
+    def cost(self, patch, topology) -> float:
+        from sslseg.networks.resenc import step_cost
+
+        return step_cost(self.spec(topology)["config"], patch, self.in_channels)
+
+    def explicit(self, patch, spacing) -> tuple:
+        topology = plan_topology(spacing, patch, self.max_stages)
+        check_multiple(patch, topology.stride)
+        return patch, topology
+
+    def spec(self, topology) -> dict:
+        from sslseg.networks.resenc import planned_spec
+
+        return planned_spec(self.base, topology.kernel_sizes, topology.strides)
+
+    @staticmethod
+    def stride_of(topology) -> list:
+        return topology.stride
+
+
+class FixedNetwork:
+    """Sizes patches for a fixed network: multiples of its stride, at most the budget's voxels and the network's
+    recommended patch."""
+    planned = False
+
+    def __init__(self, stride, preset, recommended=None):
+        self.stride = [int(s) for s in stride]
+        self.budget = float(math.prod(preset.budget_patch))
+        self.budget_text = f"{'x'.join(map(str, preset.budget_patch))} voxels"
+        self.cap = [max(s, (int(r) // s) * s) for r, s in zip(recommended, self.stride)] if recommended else None
+
+    def fit(self, spacing, patch) -> tuple:
+        patch = [max(s, p) for p, s in zip(round_up(patch, self.stride), self.stride)]
+        return ([min(p, c) for p, c in zip(patch, self.cap)] if self.cap else patch), None
+
+    def cost(self, patch, topology) -> float:
+        return float(math.prod(patch))
+
+    def explicit(self, patch, spacing) -> tuple:
+        check_multiple(patch, self.stride)
+        return patch, None
+
+    def spec(self, topology):
+        return None
+
+    def stride_of(self, topology) -> list:
+        return self.stride
+
+
+# --- patch and batch -----------------------------------------------------------------------------------------
+
+def minimum_patch(spacing) -> list:
+    """Axes within 2x of the finest spacing need room for one pooling; a coarse axis may be a single slice."""
+    finest = min(spacing)
+    return [2 * MIN_BOTTLENECK if s < 2 * finest else 1 for s in spacing]
+
+
+def shrink_axis(patch, median, spacing, stride, minimum) -> int | None:
+    """The axis to shrink next: the largest relative to the median case; a thick-slice axis only once its extent
+    in mm exceeds every other axis's (all slices first). None: none can shrink."""
+    thick = thick_axis(spacing)
+    extent = [p * s for p, s in zip(patch, spacing)]
+    candidates = [a for a in range(3) if patch[a] - stride[a] >= minimum[a] and
+                  (a != thick or extent[a] > max(e for b, e in enumerate(extent) if b != a))]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda a: (patch[a] / max(median[a], 1e-6), patch[a]))
+
+
+def patch_within_budget(sizer, spacing, median) -> tuple:
+    """(patch, topology): the median case, shrunk until one sample costs no more than the budget."""
+    minimum = minimum_patch(spacing)
+    patch = [max(int(math.ceil(m)), low) for m, low in zip(median, minimum)]
+    for _ in range(MAX_SHRINK_STEPS):
+        patch, topology = sizer.fit(spacing, patch)
+        if sizer.cost(patch, topology) <= sizer.budget:
+            return patch, topology
+        stride = sizer.stride_of(topology)
+        axis = shrink_axis(patch, median, spacing, stride, minimum)
+        if axis is None:
+            return patch, topology
+        patch = list(patch)
+        patch[axis] -= stride[axis]
+    return patch, topology
+
+
+def fit_patch(fingerprint, spacing, sizer, preset, coarsen: bool, reasons: list) -> tuple:
+    """(spacing, patch, topology): the patch within the budget; with ``coarsen`` the spacing grows (finest axes
+    first, at most ``preset.max_coarsening`` times) until the patch holds ``preset.min_coverage`` of the median
+    case."""
+    start = list(spacing)
+    median = fingerprint.median_shape(spacing)
+    patch, topology = patch_within_budget(sizer, spacing, median)
+    while coarsen and math.prod(patch) < preset.min_coverage * math.prod(median):
+        coarsest = max(spacing)
+        grow = [s * COARSEN_STEP if coarsest / s > 2 else s for s in spacing]
+        grow = grow if grow != spacing else [s * COARSEN_STEP for s in spacing]
+        if max(g / s0 for g, s0 in zip(grow, start)) > preset.max_coarsening:
+            break
+        spacing, median = grow, fingerprint.median_shape(grow)
+        patch, topology = patch_within_budget(sizer, spacing, median)
+    if spacing != start:
+        reasons.append(f"spacing {_mm(spacing)}: coarsened {max(s / s0 for s, s0 in zip(spacing, start)):.2f}x so "
+                       f"that a patch within the budget holds {100 * math.prod(patch) / math.prod(median):.0f} % of "
+                       f"the median case (predictions are resampled back to each image's grid)")
+    covered = [round(100 * min(1.0, p / m)) for p, m in zip(patch, median)]
+    reasons.append(f"patch {patch} (z, y, x): the median case {[int(round(m)) for m in median]} at that spacing "
+                   f"({covered} % per axis) within the budget of {sizer.budget_text} per sample")
+    if topology is not None:
+        reasons.append(f"network: strides {topology.strides[1:]}, kernels {topology.kernel_sizes} (pooling an axis "
+                       f"while within 2x of the finest spacing, kernel 1 along an axis still 2x coarser)")
+    return spacing, patch, topology
+
+
+def choose_batch(fingerprint, spacing, patch, sizer, batch_size, reasons: list) -> int:
+    """An explicit batch; the recipe's (2) for a fixed network; else what the budget leaves, nnU-Net's caps."""
+    if batch_size:
+        reasons.append(f"batch {int(batch_size)}: as asked")
+        return int(batch_size)
+    if not sizer.planned:
+        reasons.append(f"batch {MIN_BATCH}: the fine-tuning recipe's")
+        return MIN_BATCH
+    _, topology = sizer.fit(spacing, patch)
+    by_budget = int(sizer.budget * sizer.budget_batch // sizer.cost(patch, topology))
+    training_voxels = math.prod(fingerprint.median_shape(spacing)) * len(fingerprint.shapes)
+    by_data = int(round(BATCH_DATA_FRACTION * training_voxels / math.prod(patch)))
+    batch = max(MIN_BATCH, min(by_budget, by_data))
+    reasons.append(f"batch {batch}: what the budget allows ({by_budget}), at most 5 % of the training voxels "
+                   f"({by_data}), at least {MIN_BATCH}")
+    return batch

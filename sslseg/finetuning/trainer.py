@@ -10,7 +10,7 @@ The recipe, with a backbone (Wald et al., "Revisiting MAE pre-training for 3D me
 3. PolyLR (exponent 0.9) from the max lr 1e-3.
 
 SGD with Nesterov momentum 0.99 and weight decay 3e-5, Dice + cross-entropy with deep supervision, gradient clipping
-at 12, mixed precision (fp16 with a GradScaler) on CUDA. The variants:
+at 12, mixed precision on CUDA (bf16, or fp16 with a GradScaler on GPUs without bf16). The variants:
 
 - ``FineTuner``: from a pretrained backbone, the recipe above;
 - ``ScratchTrainer``: ``backbone="none"``, nnU-Net's from-scratch defaults (lr 1e-2, no warm-ups);
@@ -22,6 +22,7 @@ Presets (sslseg.presets) set the step counts; the CPU preset swaps SGD for AdamW
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -141,14 +142,21 @@ class FineTuner:
         return from_backbone(self.request.backbone, self.num_classes, self.in_channels, self.reporter)
 
     def plan_preprocessing(self):
-        """Spacing, normalisation, patch and batch (sslseg.finetuning.planning)."""
-        train = set(self.train_ids)
-        geometries = [case.geometry for case in self.raw if case.case_id in train]
-        self.plan = make_plan(geometries, self.dataset.modality, self.in_channels, self.start.stride, self.preset,
-                               network_plan=self.start.plan, inherited=self.start.inherited,
-                               patch_size=self.request.patch_size, batch_size=self.request.batch_size)
+        """Spacing, normalisation, patch and batch around the starting network (sslseg.finetuning.planning). From
+        scratch the plan came first (``ScratchTrainer.starting_point``): it chose the network's strides and
+        kernels."""
+        if getattr(self, "plan", None) is None:
+            self.plan = self.data_plan(self.start.stride, self.start.plan, self.start.inherited)
         self.preprocessor = self.plan.preprocessor()
         self.patch, self.batch = list(self.plan.patch_size), self.plan.batch_size
+
+    def data_plan(self, stride, network_plan=None, inherited=None):
+        """The plan from the training cases; ``stride`` None: with a network planned from scratch."""
+        train = set(self.train_ids)
+        geometries = [case.geometry for case in self.raw if case.case_id in train]
+        return make_plan(geometries, self.dataset.modality, self.in_channels, self.preset, stride=stride,
+                         network_plan=network_plan, inherited=inherited, patch_size=self.request.patch_size,
+                         batch_size=self.request.batch_size)
 
     def preprocess(self):
         """Every case resampled, normalised and padded once, into memory."""
@@ -161,16 +169,32 @@ class FineTuner:
         self.raw = None
 
     def fit_memory(self):
-        """On CUDA, patch and batch shrunk (gradient checkpointing first) until a step fits; mixed precision."""
+        """Mixed precision as ``sslseg.device.mixed_precision`` chooses (bf16 without a scaler where the GPU has
+        it); on CUDA cuDNN's autotuner, and patch and batch shrunk (gradient checkpointing first) until a step fits
+        under ``--max-memory-gb``, which then binds the whole run."""
+        from sslseg.device import mixed_precision
+        from sslseg.finetuning.memory import hold_to_limit
+
         self.network.to(self.device)
         self.network.train()
-        self.amp = self.device.type == "cuda"
-        self.checkpointing = False
-        if self.amp:  # cases stay padded to the larger patch: a smaller one still fits
-            self.patch, self.batch, self.checkpointing = fit_to_memory(
-                self.network, self.in_channels, self.patch, self.batch, self.plan.stride, self.device,
-                self.request.max_memory_gb, self.reporter)
         self.network.decoder.deep_supervision = True
+        self.precision = mixed_precision(self.device)
+        self.amp = self.precision.enabled
+        self.checkpointing, self.memory_fit = False, None
+        if self.device.type != "cuda":
+            return
+        # patch and batch stay fixed for the run: the autotuner's first-step cost is paid back many times.
+        # torch.compile stays off: its compile time (minutes for ResEnc-L) is unmeasured against a 5-minute run.
+        torch.backends.cudnn.benchmark = True
+        optimizer = self.request.optimizer or self.preset.optimizer
+        self.memory_fit = fit_to_memory(  # cases stay padded to the larger patch: a smaller one still fits
+            self.network, self.in_channels, self.patch, self.batch, self.plan.stride, self.device,
+            self.request.max_memory_gb, self.reporter, self.precision, 2 if optimizer == "adamw" else 1)
+        self.patch, self.batch = self.memory_fit.patch, self.memory_fit.batch_size
+        self.checkpointing = self.memory_fit.checkpointing
+        if self.request.max_memory_gb:
+            hold_to_limit(self.device, self.memory_fit.limit)
+        torch.cuda.reset_peak_memory_stats(self.device)
 
     # --- optimisation ----------------------------------------------------------------------------------------
     def make_schedule(self, total_steps: int):
@@ -202,7 +226,7 @@ class FineTuner:
             self.optimizer = self.make_optimizer([p for _, p in self.decoder_params])
         else:
             self.optimizer = self.make_optimizer([p for _, p in self.encoder_params + self.decoder_params])
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)  # fp16 only
         self.loss_function = make_loss_function()
         self.ds_weights = deep_supervision_weights(len(self.network.decoder.stages))
         self.sampler = training_data.PatchSampler(self.train_cases, self.patch, self.batch,
@@ -228,6 +252,8 @@ class FineTuner:
         if self.device.type == "cpu" and self.preset.name not in ("cpu", "test"):
             note += f"; preset {self.preset.name} is meant for a GPU (try --preset cpu)"
         self.reporter.start(total_steps=self.schedule.total, device=str(self.device), note=note)
+        for reason in self.plan.reasons:
+            self.reporter.log(f"plan: {reason}")
         spacing = [round(s, 3) for s in self.plan.spacing]
         self.reporter.log(f"{len(self.train_ids)} training case(s), {len(self.val_ids)} validation case(s); patch "
                           f"{self.patch} (z, y, x), batch {self.batch}, spacing {spacing} mm, "
@@ -238,25 +264,40 @@ class FineTuner:
 
     # --- the training loop -----------------------------------------------------------------------------------
     def train(self):
-        """Optimiser steps until the schedule ends (its length may change under a time limit)."""
-        self.step, self.losses, self.history, self.last_emit = 0, [], [], 0.0
+        """Optimiser steps until the schedule ends (its length may change under a time limit). Batches come from
+        a ``BatchFeed`` (loader processes and pinned memory on CUDA); the loss stays on the device and is read only
+        when reported, so that the GPU never waits for the host between steps."""
+        from sslseg.finetuning.loader import BatchFeed
+
+        self.step, self.losses, self.history, self.last_emit = 0, collections.deque(maxlen=20), [], 0.0
+        self.nonfinite = torch.zeros((), dtype=torch.int32, device=self.device)  # non-finite losses so far
         self.best = {"mean": -1.0, "dice": None, "step": None, "state": None}
+        self.feed = BatchFeed(self.sampler, self.device)
         self.train_started = time.monotonic()
         self.budget.start_window(0, self.train_started)
-        while self.step < self.schedule.total:
-            self.maybe_unfreeze()
-            loss, lr = self.train_step()
-            phase = self.schedule.phase(self.step - 1)
-            if self.request.step_callback is not None:
-                self.request.step_callback(step=self.step, phase=phase, loss=loss, network=self.network,
-                                           optimizer=self.optimizer)
-            self.maybe_rescale()
-            validated = self.maybe_validate()
-            self.maybe_report(phase, loss, lr, validated)
-            if not math.isfinite(loss):
-                raise UserError(f"training diverged at step {self.step} (loss {loss}); try a lower --max-lr or "
-                                f"another preset. No model was written.")
+        try:
+            while self.step < self.schedule.total:
+                self.maybe_unfreeze()
+                loss, lr = self.train_step()
+                phase = self.schedule.phase(self.step - 1)
+                if self.request.step_callback is not None:
+                    self.request.step_callback(step=self.step, phase=phase, loss=float(loss), network=self.network,
+                                               optimizer=self.optimizer)
+                if self.device.type == "cuda" and self.budget.estimate_due(self.step):
+                    torch.cuda.synchronize(self.device)  # the time budget times finished steps
+                self.maybe_rescale()
+                validated = self.maybe_validate()
+                if validated:
+                    self.feed.clock.pause()  # validation is no wait for data
+                self.maybe_report(phase, loss, lr, validated)
+        finally:
+            self.feed.close()
+            if self.memory_fit is not None and self.request.max_memory_gb:
+                from sslseg.finetuning.memory import release_limit
+
+                release_limit(self.device)
         self.train_seconds = time.monotonic() - self.train_started
+        self.report_resources()
 
     def maybe_unfreeze(self):
         """At the end of the decoder warm-up the encoder joins the optimiser."""
@@ -271,15 +312,14 @@ class FineTuner:
         self.budget.start_window(self.step, time.monotonic())
 
     def train_step(self):
-        """One optimiser step on a fresh batch; returns (loss, lr)."""
+        """One optimiser step on the batch of this step; returns (the loss as a tensor on the device, lr)."""
         lr = self.schedule.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        images, labels = self.sampler.next_batch()
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
+        images, labels = self.feed.batch(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+        precision = self.precision
+        with torch.autocast(device_type=self.device.type, dtype=precision.dtype, enabled=precision.enabled):
             outputs = self.network(images)
             loss = supervised_loss(outputs, labels, self.loss_function, self.ds_weights)
         self.scaler.scale(loss).backward()
@@ -288,10 +328,12 @@ class FineTuner:
                                        self.preset.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.feed.clock.step_ended()
         self.step += 1
-        loss_value = float(loss.detach())
-        self.losses.append(loss_value)
-        return loss_value, lr
+        loss = loss.detach()
+        self.losses.append(loss)
+        self.nonfinite += ~torch.isfinite(loss)
+        return loss, lr
 
     def maybe_rescale(self):
         """Under a time limit: the run's length refitted to the measured speed; cut short past 1.1x the limit."""
@@ -322,12 +364,38 @@ class FineTuner:
         return True
 
     def maybe_report(self, phase, loss, lr, validated):
-        """A progress event at the first and last steps, after a validation, and at most every 0.5 s otherwise."""
+        """A progress event at the first and last steps, after a validation, and at most every 0.5 s otherwise.
+        Only then is the loss read from the device; a non-finite loss at any step since stops the run."""
         now = time.monotonic()
-        if self.step == 1 or self.step == self.schedule.total or validated or \
-                now - self.last_emit >= PROGRESS_INTERVAL:
-            self.reporter.progress(phase=phase, step=self.step, total=self.schedule.total, loss=loss, lr=lr)
-            self.last_emit = now
+        if not (self.step == 1 or self.step == self.schedule.total or validated or
+                now - self.last_emit >= PROGRESS_INTERVAL):
+            return
+        value, bad = torch.stack([loss.float(), self.nonfinite.float()]).tolist()  # one host sync
+        if bad or not math.isfinite(value):
+            raise UserError(f"training diverged by step {self.step} (loss {value}); try a lower --max-lr or "
+                            f"another preset. No model was written.")
+        self.feed.clock.collect()
+        self.reporter.progress(phase=phase, step=self.step, total=self.schedule.total, loss=value, lr=lr)
+        self.last_emit = now
+
+    def report_resources(self):
+        """How the run used the device: the share of step time spent waiting for data and, on CUDA, the memory
+        peaks (log and model.json)."""
+        from sslseg.finetuning.memory import peaks
+
+        share = self.feed.clock.share()
+        self.loader_stats = {"workers": self.feed.workers, "pin_memory": self.feed.pin_memory,
+                             "data_wait_share": None if share is None else round(share, 4)}
+        self.memory_stats = None
+        text = f"data: {self.feed.describe()}"
+        if share is not None:
+            text += f"; the {self.device.type.upper()} waited for data {100 * share:.1f} % of the step time"
+        self.reporter.log(text)
+        if self.memory_fit is not None:
+            self.memory_stats = {**self.memory_fit.to_dict(), **peaks(self.device)}
+            self.reporter.log(f"GPU memory: peak {self.memory_stats['peak_reserved_gb']} GB reserved "
+                              f"({self.memory_stats['peak_allocated_gb']} GB allocated), limit "
+                              f"{self.memory_stats['limit_gb']} GB")
 
     def cpu_state(self) -> dict:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
@@ -352,6 +420,7 @@ class FineTuner:
             "preprocessing": {**self.preprocessor.to_dict()},
             "patch_size": self.patch,
             "backbone": self.start.backbone,
+            "plan": self.plan_meta(),
             "recipe": self.recipe_meta(),
             "training": self.training_meta(),
             "validation": {
@@ -365,6 +434,13 @@ class FineTuner:
         if self.start.initial_model is not None:
             meta["initial_model"] = self.start.initial_model
         return meta
+
+    def plan_meta(self) -> dict:
+        """What the plan chose and why; patch and batch as trained (fitting GPU memory may have shrunk them)."""
+        plan = self.plan.to_dict()
+        if [plan["patch_size"], plan["batch_size"]] != [list(self.patch), self.batch]:
+            plan["reasons"].append(f"patch {list(self.patch)}, batch {self.batch}: fitted to the GPU's memory")
+        return {**plan, "patch_size": list(self.patch), "batch_size": self.batch}
 
     def recipe_meta(self) -> dict:
         preset = self.preset
@@ -380,9 +456,11 @@ class FineTuner:
             "loss": "Dice + cross-entropy (MONAI DiceCELoss), deep supervision",
             "grad_clip": preset.grad_clip,
             "mixed_precision": self.amp,
+            "precision": str(self.precision.dtype).replace("torch.", ""),
+            "grad_scaler": self.precision.use_scaler,
             "gradient_checkpointing": self.checkpointing,
             "foreground_oversampling": preset.foreground_oversampling,
-            "augmentation": preset.augment,
+            "augmentation": {**preset.augment, "rotation": training_data.rotation_text(self.plan.anisotropy_axis)},
             "time_limit_s": self.time_limit,
             "seed": self.request.seed,
         }
@@ -395,7 +473,9 @@ class FineTuner:
             "device": str(self.device),
             "seconds": round(time.monotonic() - self.started, 1),
             "train_seconds": round(self.train_seconds, 1),
-            "final_loss": float(np.mean(self.losses[-20:])) if self.losses else None,
+            "final_loss": float(torch.stack(list(self.losses)).float().mean()) if self.losses else None,
+            "data_loader": self.loader_stats,
+            "gpu_memory": self.memory_stats,
             "data": os.path.abspath(data) if data is not None else None,
         }
 
@@ -405,7 +485,12 @@ class ScratchTrainer(FineTuner):
     preset: AdamW at its own ``scratch_lr``)."""
 
     def starting_point(self):
-        return from_scratch(self.request.arch, self.preset.arch, self.num_classes, self.in_channels)
+        """The network the data plan chose (the preset's network with planned strides and kernels); an explicit
+        ``arch`` is built as given, and the plan adapts around it."""
+        if self.request.arch is not None:
+            return from_scratch(self.request.arch, self.preset.arch, self.num_classes, self.in_channels)
+        self.plan = self.data_plan(stride=None)
+        return from_scratch(self.plan.spec, self.preset.arch, self.num_classes, self.in_channels)
 
     def make_schedule(self, total_steps: int):
         lr_max = float(self.request.max_lr or self.preset.scratch_lr)
