@@ -16,6 +16,26 @@ for _path in (REPO_ROOT, os.path.join(REPO_ROOT, "SSLSegmentation"), os.path.joi
         sys.path.insert(0, _path)
 
 
+def copy_dataset_subset(source, root, count: int) -> list:
+    """Copy the first ``count`` training cases of the dataset folder ``source`` into ``root`` with their own
+    dataset.json (tests never touch the shared data). Returns all of the source's training entries."""
+    import json
+    import shutil
+
+    with open(os.path.join(source, "dataset.json"), encoding="utf-8") as stream:
+        meta = json.load(stream)
+    entries = meta["training"]
+    meta["training"], meta["numTraining"] = entries[:count], count
+    for entry in meta["training"]:
+        for key in ("image", "label"):
+            target = os.path.join(root, entry[key])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(os.path.join(source, entry[key]), target)
+    with open(os.path.join(root, "dataset.json"), "w", encoding="utf-8") as stream:
+        json.dump(meta, stream, indent=1)
+    return entries
+
+
 @pytest.fixture(scope="session")
 def hippocampus_dir():
     """The MSD Task04 Hippocampus subset from ../shared/data; the test is skipped when it is absent."""

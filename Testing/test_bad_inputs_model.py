@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import sslseg
+from conftest import copy_dataset_subset
 from bad_inputs import Untouched, assert_refused, assert_user_error, partial_files, run_cli
 from sslseg.finetuning.options import check_finetune_options
 from sslseg.model_folder import (MAX_META_BYTES, load_model, pack_model, read_model_meta, save_model,
@@ -29,15 +30,7 @@ CASES = 6
 def data(tmp_path_factory, hippocampus_dir):
     """A copy of six hippocampus cases with their own dataset.json (the tests must never touch the shared data)."""
     root = tmp_path_factory.mktemp("inputs") / "hippocampus"
-    with open(os.path.join(hippocampus_dir, "dataset.json"), encoding="utf-8") as stream:
-        meta = json.load(stream)
-    meta["training"], meta["numTraining"] = meta["training"][:CASES], CASES
-    for entry in meta["training"]:
-        for key in ("image", "label"):
-            target = root / entry[key]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(os.path.join(hippocampus_dir, entry[key]), target)
-    (root / "dataset.json").write_text(json.dumps(meta, indent=1))
+    copy_dataset_subset(hippocampus_dir, root, CASES)
     return root
 
 

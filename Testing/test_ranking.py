@@ -17,6 +17,7 @@ import sslseg
 from bad_inputs import Untouched, assert_refused, partial_files, run_cli
 from sslseg.imageio import read_image, write_image
 from sslseg.ranking import RANKING_FILE, order_by_uncertainty, rank_cases
+from conftest import copy_dataset_subset
 
 TRAIN_CASES = 6
 CANDIDATES = 3
@@ -28,16 +29,7 @@ def data(tmp_path_factory, hippocampus_dir):
     """Six training cases (copied, with their own dataset.json) and a candidate folder: three other real scans and
     one volume of noise on a real scan's grid, with the scan's intensity statistics."""
     root = tmp_path_factory.mktemp("inputs")
-    with open(os.path.join(hippocampus_dir, "dataset.json"), encoding="utf-8") as stream:
-        meta = json.load(stream)
-    entries = meta["training"]
-    meta["training"], meta["numTraining"] = entries[:TRAIN_CASES], TRAIN_CASES
-    for entry in meta["training"]:
-        for key in ("image", "label"):
-            target = root / "train" / entry[key]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(os.path.join(hippocampus_dir, entry[key]), target)
-    (root / "train" / "dataset.json").write_text(json.dumps(meta, indent=1))
+    entries = copy_dataset_subset(hippocampus_dir, root / "train", TRAIN_CASES)
     candidates = root / "candidates"
     candidates.mkdir()
     for entry in entries[TRAIN_CASES:TRAIN_CASES + CANDIDATES]:

@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 import sslseg
+from conftest import copy_dataset_subset
 from bad_inputs import Untouched, assert_refused, assert_user_error, partial_files, run_cli
 from sslseg.finetuning.options import check_label_info
 from sslseg.imageio import Geometry
@@ -36,15 +37,7 @@ LABEL_INFO = [{"value": 1, "name": "Anterior", "color": [0.8, 0.3, 0.2], "termin
 def data(tmp_path_factory, hippocampus_dir):
     """A copy of four hippocampus cases with their own dataset.json (the shared data stay untouched)."""
     root = tmp_path_factory.mktemp("inputs") / "hippocampus"
-    with open(os.path.join(hippocampus_dir, "dataset.json"), encoding="utf-8") as stream:
-        meta = json.load(stream)
-    meta["training"], meta["numTraining"] = meta["training"][:CASES], CASES
-    for entry in meta["training"]:
-        for key in ("image", "label"):
-            target = root / entry[key]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(os.path.join(hippocampus_dir, entry[key]), target)
-    (root / "dataset.json").write_text(json.dumps(meta, indent=1))
+    copy_dataset_subset(hippocampus_dir, root, CASES)
     return root
 
 

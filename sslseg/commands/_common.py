@@ -17,6 +17,20 @@ def add_progress_argument(parser):
                              "Slicer module); none: quiet (default: bar)")
 
 
+def add_inference_arguments(parser, tta_default: str):
+    """The options every command that segments shares (predict, rank): device, mirroring, overlap, window batch,
+    .seg.nrrd output. ``tta_default`` completes the --tta help text."""
+    import argparse
+
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cuda, cuda:N or cpu")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"average over the 8 mirrorings (default: {tta_default})")
+    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="windows per forward pass, at least 1 (default: from free GPU memory; 2 on the CPU)")
+    parser.add_argument("--seg-nrrd", action="store_true", help="also write Slicer .seg.nrrd files")
+
+
 def run_reported(reporter, work):
     """Run ``work()``; in JSON mode every failure also becomes an ``error`` event on stdout before the usual
     one-line message (UserError, exit 2) or traceback (a bug) on stderr."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sslseg.commands._common import add_progress_argument, run_reported, sigterm_cancels
+from sslseg.commands._common import (add_inference_arguments, add_progress_argument, run_reported,
+                                     sigterm_cancels)
 
 EPILOG = """examples:
   sslseg predict --model models/hippo --input case.nii.gz --output segmentations/ --seg-nrrd
@@ -31,14 +32,8 @@ def add_parser(subparsers):
     parser.add_argument("--input", required=True, nargs="+", help="image file(s) or folder(s)")
     parser.add_argument("--output", required=True,
                         help="output folder (refused where an output would replace an input file)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cuda, cuda:N or cpu")
-    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="average over the 8 mirrorings (default: on with CUDA or --uncertainty, off on CPU)")
-    parser.add_argument("--seg-nrrd", action="store_true", help="also write Slicer .seg.nrrd files")
+    add_inference_arguments(parser, "on with CUDA or --uncertainty, off on CPU")
     parser.add_argument("--format", choices=("nii.gz", "nii", "nrrd"), default="nii.gz", help="label file format")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="windows per forward pass, at least 1 (default: from free GPU memory; 2 on the CPU)")
     parser.add_argument("--uncertainty", action="store_true",
                         help="also write <case>_uncertainty maps and summarise them per case (turns TTA on)")
     add_progress_argument(parser)
