@@ -17,20 +17,16 @@ from sslseg.inference import predict, segment_array
 from sslseg.model_folder import load_model
 from sslseg.preprocessing import read_channels
 from sslseg.uncertainty import entropy, summarize
+from test_inference_geometry import files
 
 NAMES = {1: "Anterior", 2: "Posterior"}
 SUMMARY_KEYS = {"mean", "per_segment", "score", "file"}
 
 
-def cases(root, count, start=0):
-    names = sorted(os.listdir(os.path.join(root, "imagesTr")))[start:start + count]
-    return [os.path.join(root, "imagesTr", n) for n in names], [os.path.join(root, "labelsTr", n) for n in names]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, hippocampus_dir):
     """The test preset's network trained for its 20 steps on six cases: weak, but it has seen anatomy."""
-    images, labels = cases(hippocampus_dir, 6)
+    images, labels = files(hippocampus_dir, 6)
     return finetune("none", images=images, labels=labels, label_names=NAMES,
                     out=tmp_path_factory.mktemp("model") / "hippo", preset="test", device="cpu", val_cases=0,
                     progress="none")
@@ -40,7 +36,7 @@ def model_dir(tmp_path_factory, hippocampus_dir):
 def candidates(tmp_path_factory, hippocampus_dir):
     """Three real scans (one of them on an oblique, shifted grid) and noise with a real scan's statistics."""
     folder = tmp_path_factory.mktemp("candidates")
-    images, _ = cases(hippocampus_dir, 3, start=40)
+    images, _ = files(hippocampus_dir, 3, start=40)
     for index, path in enumerate(images):
         image, geometry = read_image(path)
         if index == 0:
@@ -112,7 +108,7 @@ def test_noise_scores_higher_than_every_real_scan(predicted):
 
 def test_segment_array_returns_the_map_of_the_tta_mean(model_dir, hippocampus_dir):
     model = load_model(model_dir)
-    image, geometry = read_channels([cases(hippocampus_dir, 1, start=50)[0][0]], "case", 1)
+    image, geometry = read_channels([files(hippocampus_dir, 1, start=50)[0][0]], "case", 1)
     labels, uncertainty = segment_array(model, image, geometry, torch.device("cpu"), tta=True, uncertainty=True)
     assert labels.shape == uncertainty.shape == geometry.shape and uncertainty.dtype == np.float32
     assert np.array_equal(labels, segment_array(model, image, geometry, torch.device("cpu"), tta=True))
@@ -121,7 +117,7 @@ def test_segment_array_returns_the_map_of_the_tta_mean(model_dir, hippocampus_di
 
 
 def test_cli_reports_the_summaries_in_the_done_event(tmp_path, model_dir, hippocampus_dir):
-    source = cases(hippocampus_dir, 1, start=60)[0][0]
+    source = files(hippocampus_dir, 1, start=60)[0][0]
     result = run_cli("predict", "--model", model_dir, "--input", source, "--output", tmp_path / "out",
                      "--device", "cpu", "--uncertainty", "--progress", "json")
     assert result.returncode == 0, result.stderr

@@ -273,23 +273,6 @@ def resample_probabilities_torch(probabilities, source: Geometry, target: Geomet
 
 # --- patches -------------------------------------------------------------------------------------------------
 
-def round_up(value: int, multiple: int) -> int:
-    return int(math.ceil(value / multiple) * multiple)
-
-
-def choose_patch_size(shapes, stride, plan_patch=None, cap=None, minimum=None) -> list:
-    """Patch [z, y, x]: the data's median shape rounded up to the network's total stride (small crops are then
-    seen whole, padded), never larger than the plan's patch or ``cap``."""
-    median = np.median(np.asarray([list(s) for s in shapes]), axis=0)
-    patch = [round_up(int(math.ceil(m)), st) for m, st in zip(median, stride)]
-    for limit in (plan_patch, cap):
-        if limit:
-            patch = [min(p, max(st, (int(l) // st) * st)) for p, l, st in zip(patch, limit, stride)]
-    if minimum:
-        patch = [max(p, round_up(int(m), st)) for p, m, st in zip(patch, minimum, stride)]
-    return [int(p) for p in patch]
-
-
 def pad_to(array: np.ndarray, shape, value=0.0):
     """Pad the last three axes symmetrically up to ``shape``; returns (padded, slices of the original)."""
     spatial = array.shape[-3:]
