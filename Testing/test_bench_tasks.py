@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "bench")
 VIEWS = 3  # views per TotalSegmentator task here: the first ones of the full 30-case build
 
 
@@ -121,9 +122,10 @@ def test_short_side_by_side_run_scores_both_methods(tasks, tmp_path):
     task_benchmark = bench_module("task_benchmark")
     out = tmp_path / "run"
     records = task_benchmark.main(["--data", tasks["aniso"], "--minutes", "0.3", "--train", "2", "--val", "0",
-                                   "--test", "1", "--out", str(out)])
-    assert [r["label"] for r in records] == ["sslseg-default", "plain-monai"]
-    product, plain = records
+                                   "--test", "1", "--out", str(out), "--code", f"tree={REPO}"])
+    # --code runs the same command from another source tree (here this one: the code before a change, usually)
+    assert [r["label"] for r in records] == ["sslseg-default", "plain-monai", "sslseg-tree"]
+    product, plain, _ = records
     for record in records:
         assert record["exit_codes"] in ([0, 0], [0]), record
         assert set(record["test_dice"]["per_label"]) == {"Anterior", "Posterior"}
@@ -133,9 +135,9 @@ def test_short_side_by_side_run_scores_both_methods(tasks, tmp_path):
     assert product["val_cases"] == [] and "warning" not in product
     assert plain["plan"]["kernels"][0] == [1, 3, 3]  # the thick-slice rule, on the real task
     test_case = records[0]["test_cases"][0]
-    for label in ("sslseg-default", "plain-monai"):
+    for label in ("sslseg-default", "plain-monai", "sslseg-tree"):
         assert (out / "predictions" / label / f"{test_case}.nii.gz").is_file()
     table = (out / "results.md").read_text()
     assert "| aniso | sslseg-default |" in table and "| aniso | plain-monai |" in table
     assert "command: python bench/task_benchmark.py --data" in table
-    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+    assert len((out / "results.jsonl").read_text().splitlines()) == 3

@@ -234,3 +234,36 @@ def test_window_batch_on_the_cpu_and_prediction_with_tta(tmp_path, hippocampus_d
     image, geometry = read_image(source)
     assert labels.shape == image.shape and grid.same_grid(geometry, tolerance=1e-5)
     assert written.uncertainty == {}
+
+
+def test_window_count_follows_the_sliding_scan():
+    from sslseg.inference import window_count
+
+    assert window_count((36, 50, 35), (32, 48, 32)) == 8  # hippocampus: 2 x 2 x 2
+    assert window_count((32, 48, 32), (32, 48, 32)) == 1
+    assert window_count((100, 48, 32), (32, 48, 32)) == 6  # 68 voxels past the first window: 5 steps of 16
+    assert window_count((40, 40, 40), (32, 32, 32), overlap=0.25) == 8
+
+
+def test_cpu_default_mirrors_small_cases_only(tmp_path, hippocampus_dir, tiny_model):
+    """With no --tta on the CPU: a case of at most CPU_TTA_MAX_WINDOWS windows is mirrored, a larger one is not."""
+    from sslseg.inference import CPU_TTA_MAX_WINDOWS, window_count
+
+    model = load_model(tiny_model)
+    source = files(hippocampus_dir, 1, start=12)[0][0]
+    image, geometry = read_image(source)
+    # the tiny test network's patch is 16 x 24 x 16: a crop a little larger takes 2 x 2 x 2 windows, the whole case
+    # many more
+    small = np.ascontiguousarray(image[8:28, 12:40, 8:28])
+    write_image(small, Geometry(small.shape, geometry.spacing, geometry.origin, geometry.direction),
+                tmp_path / "in" / "small.nii.gz")
+    write_image(image, geometry, tmp_path / "in" / "large.nii.gz")
+    assert window_count(small.shape, model.patch_size) <= CPU_TTA_MAX_WINDOWS < window_count(image.shape,
+                                                                                               model.patch_size)
+    results = {}
+    for tta in (None, True, False):
+        predict(tiny_model, tmp_path / "in", tmp_path / str(tta), device="cpu", tta=tta, progress="none")
+        results[tta] = {n: read_image(tmp_path / str(tta) / f"{n}.nii.gz")[0] for n in ("small", "large")}
+    assert not np.array_equal(results[True]["small"], results[False]["small"])  # mirroring changes something
+    assert np.array_equal(results[None]["small"], results[True]["small"])
+    assert np.array_equal(results[None]["large"], results[False]["large"])

@@ -11,7 +11,7 @@ import torch
 
 from sslseg.backbones.catalog import catalog_entry
 from sslseg.errors import UserError
-from sslseg.finetuning.planning import make_plan, plan_topology, thick_axis
+from sslseg.finetuning.planning import foreground_box, make_plan, plan_topology, thick_axis
 from sslseg.imageio import Geometry
 from sslseg.networks import build_from_spec, spec_for
 from sslseg.networks.resenc import architecture_kwargs, step_cost
@@ -124,6 +124,37 @@ def test_large_volumes_are_coarsened_on_the_cpu_within_a_bound():
     # the GPU presets keep the full resolution and a GPU-sized patch
     gpu = make_plan(geometries((88, 140, 200), (0.625,) * 3, count=8), "MR", 1, get_preset("quick"))
     assert gpu.spacing == pytest.approx([0.625] * 3) and math.prod(gpu.patch_size) > 64 ** 3
+
+
+def test_coarsening_follows_the_labelled_region_not_the_case():
+    def plan_with_box(box_zyx_mm):
+        cases = geometries((88, 140, 200), (0.625,) * 3, count=8)
+        return make_plan(cases, "MR", 1, get_preset("cpu"), foreground_boxes=[list(box_zyx_mm)] * len(cases))
+
+    # a 5 cm organ: coarsened until the patch holds it, shaped like it
+    organ = plan_with_box((50, 55, 55))
+    factor = organ.spacing[0] / 0.625
+    assert 1.5 < factor <= get_preset("cpu").max_coarsening
+    extent_mm = [p * organ.spacing[0] for p in organ.patch_size]
+    assert min(extent_mm) >= 45 and max(extent_mm) <= 2 * min(extent_mm)
+    assert any("labelled region (55 x 55 x 50 mm" in reason for reason in organ.reasons)
+    assert_builds_and_keeps_the_shape(organ)
+    # a 1 cm lesion in the same scans keeps the full resolution: the patch holds it already
+    lesion = plan_with_box((10, 10, 10))
+    assert lesion.spacing == pytest.approx([0.625] * 3)
+    assert not any("coarsened" in reason for reason in lesion.reasons)
+    # cine cardiac MRI: the heart fits at about its own in-plane spacing; the slices are never touched
+    heart = make_plan(geometries((10, 250, 220), (1.5, 1.5, 10.0)), "MR", 1, get_preset("cpu"),
+                      foreground_boxes=[[90.0, 120.0, 120.0]] * 10)
+    assert heart.spacing[2] == pytest.approx(10.0) and heart.spacing[0] / 1.5 < 1.3
+    assert heart.patch_size[0] == 10 and heart.patch_size[1] * heart.spacing[1] >= 110
+
+
+def test_foreground_box_measures_the_labelled_extent_in_mm():
+    label = np.zeros((10, 20, 30), np.uint8)
+    label[2:5, 3:13, 7:8] = 2
+    assert foreground_box(label, [5.0, 1.0, 0.5]) == [15.0, 10.0, 0.5]
+    assert foreground_box(np.zeros((4, 4, 4), np.uint8), [1.0, 1.0, 1.0]) is None
 
 
 def test_a_backbone_fixes_the_network_and_the_plan_adapts_around_it():

@@ -32,6 +32,8 @@ def main(argv=None):
                                                         "bench/results/<task>-<time>)")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:ARGS",
                         help="another sslseg run in the same comparison, e.g. 'p32:--patch 32 48 32'")
+    parser.add_argument("--code", action="append", default=[], metavar="LABEL=DIR",
+                        help="the default command from another sslseg source tree (e.g. the code before a change)")
     args = parser.parse_args(argv)
     forwarded = ["--data", args.data, "--minutes", f"{args.minutes:g}", "--train", "10", "--val", "5",
                  "--test", str(args.test), "--parallel" if args.parallel else "--sequential", "--task", "hippocampus"]
@@ -41,6 +43,8 @@ def main(argv=None):
         forwarded += ["--out", args.log_dir]
     for variant in args.variant:
         forwarded += ["--variant", variant]
+    for code in args.code:
+        forwarded += ["--code", code]
     return task_benchmark.main(forwarded)
 
 

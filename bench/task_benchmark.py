@@ -44,8 +44,8 @@ SSLSEG = [sys.executable, "-m", "sslseg"]
 class Run:
     """One method in the comparison: the commands it runs one after the other, and where its outputs go."""
 
-    def __init__(self, label, commands, predictions, log_dir, env=None, model=None, json_out=None):
-        self.label, self.commands, self.predictions, self.env = label, commands, predictions, env
+    def __init__(self, label, commands, predictions, log_dir, env=None, model=None, json_out=None, cwd=None):
+        self.label, self.commands, self.predictions, self.env, self.cwd = label, commands, predictions, env, cwd
         self.model, self.json_out = model, json_out  # the product's model folder; the plain script's record file
         self.log = os.path.join(log_dir, f"{label}.log")
         self.codes, self.seconds = [], None
@@ -56,7 +56,8 @@ class Run:
             for command in self.commands:
                 log.write("$ " + shlex.join(command) + "\n")
                 log.flush()
-                self.codes.append(subprocess.call(command, env=self.env, stdout=log, stderr=subprocess.STDOUT))
+                self.codes.append(subprocess.call(command, env=self.env, cwd=self.cwd, stdout=log,
+                                                  stderr=subprocess.STDOUT))
                 if self.codes[-1]:
                     break
         self.seconds = time.monotonic() - started
@@ -99,14 +100,17 @@ def product_split(pool, val, seed=0):
 
 # --- the runs ------------------------------------------------------------------------------------------------
 
-def sslseg_run(label, args, pool, test_images, out, extra=(), env=None) -> Run:
+def sslseg_run(label, args, pool, test_images, out, extra=(), env=None, code=None) -> Run:
+    """The product's two commands; ``code``: another source tree of sslseg to run them from (its folder)."""
     model = os.path.join(out, "models", label)
     predictions = os.path.join(out, "predictions", label)
     finetune = [*SSLSEG, "finetune", "--backbone", "none", "--data", pool, "--device", "cpu", "--val-cases",
                 str(args.val), "--time-limit", f"{args.minutes * 60:g}", "--out", model, *extra]
     predict = [*SSLSEG, "predict", "--model", model, "--input", *test_images, "--output", predictions, "--device",
                "cpu", "--progress", "none"]
-    return Run(label, [finetune, predict], predictions, os.path.join(out, "logs"), env, model)
+    if code:  # the tree comes first on sys.path: `python -m` puts the working folder there
+        env = dict(env or os.environ, PYTHONPATH=code)
+    return Run(label, [finetune, predict], predictions, os.path.join(out, "logs"), env, model, cwd=code)
 
 
 def plain_run(args, train_ids, out) -> Run:
@@ -130,6 +134,10 @@ def runs_for(args, dataset, train_ids, test_ids, pool, out) -> list:
     for variant in args.variant:
         label, _, extra = variant.partition(":")
         runs.append(sslseg_run(f"sslseg-{label}", args, pool, test_images, out, shlex.split(extra), env))
+    for variant in args.code:
+        label, _, tree = variant.partition("=")
+        runs.append(sslseg_run(f"sslseg-{label}", args, pool, test_images, out, env=env,
+                               code=os.path.abspath(tree)))
     return runs
 
 
@@ -188,6 +196,9 @@ def parse_args(argv=None):
     mode.add_argument("--sequential", dest="parallel", action="store_false", help="one after the other")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:ARGS",
                         help="another sslseg run in the same comparison, e.g. 'p32:--patch 32 48 32'")
+    parser.add_argument("--code", action="append", default=[], metavar="LABEL=DIR",
+                        help="the default command run from another sslseg source tree, e.g. the code before a "
+                             "change: 'before=/tmp/old' after 'git archive COMMIT | tar -x -C /tmp/old'")
     parser.add_argument("--out", help="output folder (default bench/results/<task>-<time>)")
     parser.add_argument("--json-out", help="also append the records to this JSON lines file")
     parser.add_argument("--task", help="task name in the table (default: the data folder's name)")

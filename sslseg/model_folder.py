@@ -122,6 +122,11 @@ class Model:
     def preprocessor(self) -> Preprocessor:
         return Preprocessor.from_dict({**self.meta["preprocessing"], "in_channels": self.in_channels})
 
+    @property
+    def largest_component_values(self) -> list:
+        """Label values whose prediction keeps only its largest component (``sslseg.postprocessing``)."""
+        return list((self.meta.get("postprocessing") or {}).get("largest_component") or [])
+
     def label_values_array(self) -> np.ndarray:
         """Output class index -> label value written to files."""
         return np.asarray([0] + [int(label["value"]) for label in self.labels], dtype=np.int64)
@@ -265,6 +270,19 @@ def _check_network(network, field) -> None:
             raise UserError(f"{field('network.' + key)} must be a string (got {_kind(network[key])})")
 
 
+def _check_postprocessing(postprocessing, labels, field) -> None:
+    """Optional (models from before it have none): ``largest_component`` lists some of the model's label values."""
+    if postprocessing is None:
+        return
+    if not isinstance(postprocessing, dict):
+        raise UserError(f"{field('postprocessing')} must be an object or null (got {_kind(postprocessing)})")
+    values = postprocessing.get("largest_component") or []
+    known = {label["value"] for label in labels}
+    if not isinstance(values, list) or not all(_is_int(v) and v in known for v in values):
+        raise UserError(f"{field('postprocessing.largest_component')} must list label values of the model "
+                        f"({sorted(known)}) (got {values!r:.60})")
+
+
 def check_model_meta(meta, where: str) -> dict:
     """Check a model.json (parsed) field by field; ``where`` names the model in messages. Returns ``meta``. Every
     problem is one UserError line naming the field, so a garbled file never becomes a traceback later."""
@@ -295,6 +313,7 @@ def check_model_meta(meta, where: str) -> dict:
     for key in ("backbone", "recipe", "training", "validation", "versions"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise UserError(f"{field(key)} must be an object or null (got {_kind(meta[key])})")
+    _check_postprocessing(meta.get("postprocessing"), meta["labels"], field)
     dice = (meta.get("validation") or {}).get("mean_dice")
     if dice is not None and not _is_number(dice):
         raise UserError(f"{field('validation.mean_dice')} must be a number or null (got {dice!r:.40})")

@@ -48,7 +48,8 @@ class Preset:
     batch_size: int = 2
     patch_size: list | None = None  # [z, y, x]: a fixed patch; None: planned from the data within the budget
     budget_patch: list = field(default_factory=lambda: [160, 160, 160])  # [z, y, x] on ``arch``: compute per sample
-    # coarser spacing until a patch holds this share of the median case (0.125: about half its extent per axis)
+    # None: never coarsen; else coarser spacing until a patch holds the median labelled region (planning.py) or,
+    # with the labels unknown, this share of the median case (0.125: about half its extent per axis)
     min_coverage: float | None = None
     max_coarsening: float = 1.0  # ... at most this many times the planned spacing
     val_every: int = 250

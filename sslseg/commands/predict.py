@@ -32,7 +32,7 @@ def add_parser(subparsers):
     parser.add_argument("--input", required=True, nargs="+", help="image file(s) or folder(s)")
     parser.add_argument("--output", required=True,
                         help="output folder (refused where an output would replace an input file)")
-    add_inference_arguments(parser, "on with CUDA or --uncertainty, off on CPU")
+    add_inference_arguments(parser, "on with CUDA or --uncertainty; on the CPU for a case of at most 8 windows")
     parser.add_argument("--format", choices=("nii.gz", "nii", "nrrd"), default="nii.gz", help="label file format")
     parser.add_argument("--uncertainty", action="store_true",
                         help="also write <case>_uncertainty maps and summarise them per case (turns TTA on)")

@@ -7,9 +7,11 @@ et al., "nnU-Net: a self-configuring method for deep learning-based biomedical i
   along a thick-slice axis (more than 3x coarser than the others AND fewer than a third as many voxels as the
   smallest other axis), which takes the 10th percentile of its spacings, never finer than the other axes (little
   interpolation across slices: nnU-Net's anisotropy rule). The ``cpu`` preset may then coarsen the spacing (at most
-  ``max_coarsening`` times, the finest axes first) until a patch within its budget holds ``min_coverage`` of the
-  median case: a patch that sees a fraction of an organ learns little in 15 minutes, and predictions are resampled
-  back onto every input's own grid anyway (nnU-Net's low-resolution configuration follows the same reasoning).
+  ``max_coarsening`` times, the finest axes first) until a patch within its budget holds as many voxels as the
+  median labelled region (the bounding box of a case's labels; with the labels unknown, ``min_coverage`` of the
+  median case): a patch that sees a fraction of an organ learns little in 15 minutes, a small structure keeps its
+  resolution, and predictions are resampled back onto every input's own grid anyway (nnU-Net's low-resolution
+  configuration follows the same reasoning).
 - normalisation: a fine-tuned model's own (its weights expect it); a backbone's (nnssl's fine-tuning z-scores every
   channel, MIS-FM's CT backbones clip to [-1000, 1000] HU and scale to [-1, 1]); else CT clipping for CT data and
   per-case z-score otherwise.
@@ -46,6 +48,7 @@ from sslseg.preprocessing import DEFAULT_CT_RANGE, Preprocessor
 ANISOTROPY_RATIO = 3.0  # nnU-Net's ANISO_THRESHOLD
 MIN_BOTTLENECK = 4  # voxels along a pooled axis at the bottleneck (nnU-Net's minimal feature map edge)
 COARSEN_STEP = 1.03  # spacing increase per step when coarsening (nnU-Net's low-resolution planning)
+FOREGROUND_BOX_SHARE = 1.0  # coarsening aims at a patch of as many voxels as the median labelled region
 BATCH_DATA_FRACTION = 0.05  # a batch covers at most this share of the training voxels (nnU-Net)
 MIN_BATCH = 2
 MAX_SHRINK_STEPS = 10_000  # a bound on the patch search (it ends long before: every step shrinks an axis)
@@ -54,20 +57,41 @@ AXES = "zyx"  # array axes
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """The training cases' spacings and shapes, both in array order [z, y, x]."""
+    """The training cases' spacings and shapes, both in array order [z, y, x], and, when the labels are known, the
+    extent in mm of each case's labelled region (its bounding box)."""
     spacings: np.ndarray  # [n, 3] mm
     shapes: np.ndarray  # [n, 3] voxels
+    boxes: np.ndarray | None = None  # [m, 3] mm, the cases with a labelled voxel
 
     @classmethod
-    def of(cls, geometries) -> "Fingerprint":
+    def of(cls, geometries, boxes=None) -> "Fingerprint":
         if not geometries:
             raise UserError("no training cases to plan from")
+        boxes = [b for b in boxes or () if b is not None]
         return cls(np.asarray([list(reversed(g.spacing)) for g in geometries], float),
-                   np.asarray([list(g.shape) for g in geometries], float))
+                   np.asarray([list(g.shape) for g in geometries], float),
+                   np.asarray(boxes, float) if boxes else None)
 
     def median_shape(self, spacing) -> np.ndarray:
         """The median case's shape [z, y, x] (voxels, not rounded) at ``spacing`` [z, y, x]."""
         return np.median(self.shapes * self.spacings / np.asarray(spacing, float), axis=0)
+
+    def median_box(self, spacing) -> np.ndarray | None:
+        """The median labelled region [z, y, x] in voxels at ``spacing``, at most the median case; None unknown."""
+        if self.boxes is None:
+            return None
+        return np.minimum(np.median(self.boxes, axis=0) / np.asarray(spacing, float), self.median_shape(spacing))
+
+
+def foreground_box(label: np.ndarray, spacing_zyx) -> list | None:
+    """The extent [z, y, x] in mm of the labelled voxels (label > 0) of one case; None when it has none."""
+    extents = []
+    for axis in range(3):
+        present = np.flatnonzero(np.any(label > 0, axis=tuple(a for a in range(3) if a != axis)))
+        if not present.size:
+            return None
+        extents.append(float(present[-1] - present[0] + 1) * float(spacing_zyx[axis]))
+    return extents
 
 
 @dataclass(frozen=True)
@@ -109,14 +133,15 @@ class Plan:
 
 
 def make_plan(train_geometries, modality: str, in_channels: int, preset, stride=None, network_plan=None,
-              inherited=None, patch_size=None, batch_size=None, base_arch=None) -> Plan:
+              inherited=None, patch_size=None, batch_size=None, base_arch=None, foreground_boxes=None) -> Plan:
     """The plan from the training cases' geometries (sslseg.imageio.Geometry) and the dataset's modality.
 
     ``stride``: the total stride of a fixed starting network; None plans a network from scratch, derived from
     ``base_arch`` (default: the preset's). ``network_plan``: the starting network's hints {"spacing",
     "normalization", "patch_size" or "recommended_patch_size"}; ``inherited``: a fine-tuned model's (Preprocessor,
-    patch) to continue from. ``patch_size``, ``batch_size``: explicit choices (checked against the strides)."""
-    fingerprint = Fingerprint.of(train_geometries)
+    patch) to continue from. ``patch_size``, ``batch_size``: explicit choices (checked against the strides). ``foreground_boxes``:
+    each training case's ``foreground_box`` (None: coarsening aims at a share of the case instead)."""
+    fingerprint = Fingerprint.of(train_geometries, foreground_boxes)
     if inherited is not None:
         return inherited_plan(inherited, in_channels, stride, preset, patch_size, batch_size)
     network_plan, reasons = network_plan or {}, []
@@ -326,7 +351,7 @@ def minimum_patch(spacing) -> list:
 
 
 def shrink_axis(patch, median, spacing, stride, minimum) -> int | None:
-    """The axis to shrink next: the largest relative to the median case; a thick-slice axis only once its extent
+    """The axis to shrink next: the largest relative to ``median``; a thick-slice axis only once its extent
     in mm exceeds every other axis's (all slices first). None: none can shrink."""
     thick = thick_axis(spacing)
     extent = [p * s for p, s in zip(patch, spacing)]
@@ -337,8 +362,10 @@ def shrink_axis(patch, median, spacing, stride, minimum) -> int | None:
     return max(candidates, key=lambda a: (patch[a] / max(median[a], 1e-6), patch[a]))
 
 
-def patch_within_budget(sizer, spacing, median) -> tuple:
-    """(patch, topology): the median case, shrunk until one sample costs no more than the budget."""
+def patch_within_budget(sizer, spacing, median, shape_of=None) -> tuple:
+    """(patch, topology): the median case, shrunk until one sample costs no more than the budget, towards the
+    aspect of ``shape_of`` (the median labelled region; default the median case)."""
+    shape_of = median if shape_of is None else shape_of
     minimum = minimum_patch(spacing)
     patch = [max(int(math.ceil(m)), low) for m, low in zip(median, minimum)]
     for _ in range(MAX_SHRINK_STEPS):
@@ -346,7 +373,7 @@ def patch_within_budget(sizer, spacing, median) -> tuple:
         if sizer.cost(patch, topology) <= sizer.budget:
             return patch, topology
         stride = sizer.stride_of(topology)
-        axis = shrink_axis(patch, median, spacing, stride, minimum)
+        axis = shrink_axis(patch, shape_of, spacing, stride, minimum)
         if axis is None:
             return patch, topology
         patch = list(patch)
@@ -356,23 +383,22 @@ def patch_within_budget(sizer, spacing, median) -> tuple:
 
 def fit_patch(fingerprint, spacing, sizer, preset, coarsen: bool, reasons: list) -> tuple:
     """(spacing, patch, topology): the patch within the budget; with ``coarsen`` the spacing grows (finest axes
-    first, at most ``preset.max_coarsening`` times) until the patch holds ``preset.min_coverage`` of the median
-    case."""
+    first, at most ``preset.max_coarsening`` times) until the patch holds ``coverage_target`` voxels."""
     start = list(spacing)
     median = fingerprint.median_shape(spacing)
-    patch, topology = patch_within_budget(sizer, spacing, median)
-    while coarsen and math.prod(patch) < preset.min_coverage * math.prod(median):
+    patch, topology = patch_within_budget(sizer, spacing, median, fingerprint.median_box(spacing))
+    while coarsen and math.prod(patch) < coverage_target(fingerprint, spacing, preset):
         coarsest = max(spacing)
         grow = [s * COARSEN_STEP if coarsest / s > 2 else s for s in spacing]
         grow = grow if grow != spacing else [s * COARSEN_STEP for s in spacing]
         if max(g / s0 for g, s0 in zip(grow, start)) > preset.max_coarsening:
             break
         spacing, median = grow, fingerprint.median_shape(grow)
-        patch, topology = patch_within_budget(sizer, spacing, median)
+        patch, topology = patch_within_budget(sizer, spacing, median, fingerprint.median_box(spacing))
     if spacing != start:
         reasons.append(f"spacing {_mm(spacing)}: coarsened {max(s / s0 for s, s0 in zip(spacing, start)):.2f}x so "
-                       f"that a patch within the budget holds {100 * math.prod(patch) / math.prod(median):.0f} % of "
-                       f"the median case (predictions are resampled back to each image's grid)")
+                       f"that a patch within the budget holds {coverage_text(fingerprint, spacing, patch)} "
+                       f"(predictions are resampled back to each image's grid)")
     covered = [round(100 * min(1.0, p / m)) for p, m in zip(patch, median)]
     reasons.append(f"patch {patch} (z, y, x): the median case {[int(round(m)) for m in median]} at that spacing "
                    f"({covered} % per axis) within the budget of {sizer.budget_text} per sample")
@@ -380,6 +406,25 @@ def fit_patch(fingerprint, spacing, sizer, preset, coarsen: bool, reasons: list)
         reasons.append(f"network: strides {topology.strides[1:]}, kernels {topology.kernel_sizes} (pooling an axis "
                        f"while within 2x of the finest spacing, kernel 1 along an axis still 2x coarser)")
     return spacing, patch, topology
+
+
+def coverage_target(fingerprint, spacing, preset) -> float:
+    """The voxels a patch should hold at ``spacing``: as many as the median labelled region (a patch that sees a
+    fraction of an organ learns little in minutes; a small structure needs no coarsening), else, with the labels
+    unknown, ``preset.min_coverage`` of the median case."""
+    box = fingerprint.median_box(spacing)
+    if box is not None:
+        return FOREGROUND_BOX_SHARE * math.prod(box)
+    return preset.min_coverage * math.prod(fingerprint.median_shape(spacing))
+
+
+def coverage_text(fingerprint, spacing, patch) -> str:
+    box = fingerprint.median_box(spacing)
+    if box is None:
+        return f"{100 * math.prod(patch) / math.prod(fingerprint.median_shape(spacing)):.0f} % of the median case"
+    mm = [round(float(b * s)) for b, s in zip(box, spacing)]
+    return (f"{100 * math.prod(patch) / math.prod(box):.0f} % of the voxels of the median labelled region "
+            f"({mm[2]} x {mm[1]} x {mm[0]} mm, x y z)")
 
 
 def choose_batch(fingerprint, spacing, patch, sizer, batch_size, reasons: list) -> int:

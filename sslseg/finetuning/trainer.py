@@ -34,12 +34,13 @@ import torch
 from sslseg.errors import UserError
 from sslseg.finetuning import data as training_data
 from sslseg.finetuning.budget import TimeBudget
-from sslseg.finetuning.evaluation import sliding_windows, validate
+from sslseg.finetuning.evaluation import VALIDATION_OVERLAP, validate
 from sslseg.finetuning.loss import deep_supervision_weights, make_loss_function, supervised_loss
 from sslseg.finetuning.memory import fit_to_memory
 from sslseg.finetuning.options import check_finetune_options
-from sslseg.finetuning.planning import make_plan
+from sslseg.finetuning.planning import foreground_box, make_plan
 from sslseg.finetuning.start import from_backbone, from_model, from_scratch
+from sslseg.inference import window_count
 from sslseg.presets import default_preset, get_preset
 from sslseg.progress import Reporter
 from sslseg.schedule import Schedule
@@ -95,10 +96,12 @@ class FineTuner:
         self.build_network()
         self.plan_preprocessing()
         self.preprocess()
+        self.find_single_pieces()
         self.fit_memory()
         self.configure_optimisation()
         self.announce()
         self.train()
+        self.choose_postprocessing()
         return self.save()
 
     # --- before training -------------------------------------------------------------------------------------
@@ -152,11 +155,12 @@ class FineTuner:
 
     def data_plan(self, stride, network_plan=None, inherited=None):
         """The plan from the training cases; ``stride`` None: with a network planned from scratch."""
-        train = set(self.train_ids)
-        geometries = [case.geometry for case in self.raw if case.case_id in train]
-        return make_plan(geometries, self.dataset.modality, self.in_channels, self.preset, stride=stride,
-                         network_plan=network_plan, inherited=inherited, patch_size=self.request.patch_size,
-                         batch_size=self.request.batch_size)
+        train = [case for case in self.raw if case.case_id in set(self.train_ids)]
+        boxes = [foreground_box(case.label, list(reversed(case.geometry.spacing))) for case in train]
+        return make_plan([case.geometry for case in train], self.dataset.modality, self.in_channels, self.preset,
+                         stride=stride, network_plan=network_plan, inherited=inherited,
+                         patch_size=self.request.patch_size, batch_size=self.request.batch_size,
+                         foreground_boxes=boxes)
 
     def preprocess(self):
         """Every case resampled, normalised and padded once, into memory."""
@@ -167,6 +171,13 @@ class FineTuner:
         self.train_cases = [prepared[c] for c in self.train_ids]
         self.val_cases = [prepared[c] for c in self.val_ids]
         self.raw = None
+
+    def find_single_pieces(self):
+        """The classes that are one piece in every training case: candidates for largest-component
+        post-processing (``sslseg.postprocessing``), checked on the validation cases during training."""
+        from sslseg.postprocessing import single_piece_classes
+
+        self.component_classes = single_piece_classes([case.label for case in self.train_cases], self.num_classes)
 
     def fit_memory(self):
         """Mixed precision as ``sslseg.device.mixed_precision`` chooses (bf16 without a scaler where the GPU has
@@ -231,7 +242,7 @@ class FineTuner:
         self.ds_weights = deep_supervision_weights(len(self.network.decoder.stages))
         self.sampler = training_data.PatchSampler(self.train_cases, self.patch, self.batch,
                                                   preset.foreground_oversampling, preset.augment, r.seed)
-        windows = sum(sliding_windows(case.label.shape, self.patch) for case in self.val_cases)
+        windows = sum(window_count(case.label.shape, self.patch, VALIDATION_OVERLAP) for case in self.val_cases)
         self.budget = TimeBudget(self.time_limit, self.started, self.fractions, preset.val_every, r.steps,
                                  validation_windows=windows, batch_size=self.batch)
 
@@ -352,7 +363,8 @@ class FineTuner:
         if not self.val_cases or (self.step % self.budget.val_every and self.step != self.schedule.total):
             return False
         began = time.monotonic()
-        scores = validate(self.network, self.val_cases, self.patch, self.device, self.num_classes)
+        scores, component_scores = validate(self.network, self.val_cases, self.patch, self.device, self.num_classes,
+                                            component_classes=self.component_classes)
         self.budget.add_validation(time.monotonic() - began)
         mean = float(np.mean(scores))
         per_label = {label["name"]: float(s) for label, s in zip(self.labels, scores)}
@@ -360,7 +372,8 @@ class FineTuner:
                              "seconds": round(time.monotonic() - self.started, 1)})
         self.reporter.validation(self.step, per_label, mean)
         if mean > self.best["mean"] and (self.request.keep_best or self.step == self.schedule.total):
-            self.best = {"mean": mean, "dice": per_label, "step": self.step, "state": self.cpu_state()}
+            self.best = {"mean": mean, "dice": per_label, "step": self.step, "state": self.cpu_state(),
+                         "scores": scores, "component_scores": component_scores}
         return True
 
     def maybe_report(self, phase, loss, lr, validated):
@@ -397,6 +410,19 @@ class FineTuner:
                               f"({self.memory_stats['peak_allocated_gb']} GB allocated), limit "
                               f"{self.memory_stats['limit_gb']} GB")
 
+    def choose_postprocessing(self):
+        """Largest-component post-processing for the single-piece classes whose validation Dice (of the kept
+        weights) it does not lower; all of them without validation cases (``sslseg.postprocessing``)."""
+        from sslseg.postprocessing import choose_largest_component
+
+        validated = self.best["dice"] is not None
+        values, reasons = choose_largest_component(
+            self.labels, self.component_classes, self.best["scores"] if validated else None,
+            self.best["component_scores"] if validated else None)
+        self.postprocessing = {"largest_component": values, "reasons": reasons}
+        for reason in reasons:
+            self.reporter.log(f"post-processing: {reason}")
+
     def cpu_state(self) -> dict:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
 
@@ -421,6 +447,7 @@ class FineTuner:
             "patch_size": self.patch,
             "backbone": self.start.backbone,
             "plan": self.plan_meta(),
+            "postprocessing": self.postprocessing,
             "recipe": self.recipe_meta(),
             "training": self.training_meta(),
             "validation": {
