@@ -415,8 +415,8 @@ def predict(model, inputs, output, device: str = "auto", overlap: float = 0.5, t
     """Segment ``inputs`` (a file, folder, or list) with ``model`` (a folder, a packed ``.sslmodel`` file, or a
     loaded ``Model``) and write the results into the folder ``output``. Returns the written files (a
     ``Predictions`` list). ``tta`` (mirroring) defaults to on with CUDA or ``uncertainty``; on the CPU, where it
-    costs 8 times the time, to on for a case that takes at most ``CPU_TTA_MAX_WINDOWS`` windows (seconds). ``sw_batch_size``: windows per forward pass (None: from free GPU memory;
-    2 on the CPU). ``uncertainty``: also write ``<case>_uncertainty.nii.gz`` (the normalised entropy of the
+    costs 8 times the time, to on for a case that takes at most ``CPU_TTA_MAX_WINDOWS`` windows (seconds).
+    ``sw_batch_size``: windows per forward pass (None: from free GPU memory; 2 on the CPU). ``uncertainty``: also write ``<case>_uncertainty.nii.gz`` (the normalised entropy of the
     TTA-averaged softmax, float32, on the input's grid) and put each case's summary into the return value's
     ``uncertainty`` and the ``done`` event.
 

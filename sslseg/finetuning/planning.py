@@ -85,9 +85,9 @@ class Fingerprint:
 
 def foreground_box(label: np.ndarray, spacing_zyx) -> list | None:
     """The extent [z, y, x] in mm of the labelled voxels (label > 0) of one case; None when it has none."""
-    extents = []
+    labelled, extents = label > 0, []
     for axis in range(3):
-        present = np.flatnonzero(np.any(label > 0, axis=tuple(a for a in range(3) if a != axis)))
+        present = np.flatnonzero(np.any(labelled, axis=tuple(a for a in range(3) if a != axis)))
         if not present.size:
             return None
         extents.append(float(present[-1] - present[0] + 1) * float(spacing_zyx[axis]))
@@ -139,8 +139,9 @@ def make_plan(train_geometries, modality: str, in_channels: int, preset, stride=
     ``stride``: the total stride of a fixed starting network; None plans a network from scratch, derived from
     ``base_arch`` (default: the preset's). ``network_plan``: the starting network's hints {"spacing",
     "normalization", "patch_size" or "recommended_patch_size"}; ``inherited``: a fine-tuned model's (Preprocessor,
-    patch) to continue from. ``patch_size``, ``batch_size``: explicit choices (checked against the strides). ``foreground_boxes``:
-    each training case's ``foreground_box`` (None: coarsening aims at a share of the case instead)."""
+    patch) to continue from. ``patch_size``, ``batch_size``: explicit choices (checked against the strides).
+    ``foreground_boxes``: each training case's ``foreground_box`` (None: coarsening aims at a share of the case
+    instead)."""
     fingerprint = Fingerprint.of(train_geometries, foreground_boxes)
     if inherited is not None:
         return inherited_plan(inherited, in_channels, stride, preset, patch_size, batch_size)

@@ -37,7 +37,7 @@ from sslseg.finetuning.budget import TimeBudget
 from sslseg.finetuning.evaluation import VALIDATION_OVERLAP, validate
 from sslseg.finetuning.loss import deep_supervision_weights, make_loss_function, supervised_loss
 from sslseg.finetuning.memory import fit_to_memory
-from sslseg.finetuning.options import check_finetune_options
+from sslseg.finetuning.options import FinetuneOptions, check_finetune_options
 from sslseg.finetuning.planning import foreground_box, make_plan
 from sslseg.finetuning.start import from_backbone, from_model, from_scratch
 from sslseg.inference import window_count
@@ -46,9 +46,8 @@ from sslseg.progress import Reporter
 from sslseg.schedule import Schedule
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress events (besides the first, the last and validations)
-# the options sslseg.finetuning.options checks and normalises
-CHECKED_OPTIONS = ("steps", "batch_size", "patch_size", "seed", "max_lr", "time_limit", "val_cases", "max_memory_gb",
-                   "label_info", "optimizer", "preset", "device", "out", "init_model")
+# the options sslseg.finetuning.options checks and normalises (--pack is the command line's alone)
+CHECKED_OPTIONS = tuple(f.name for f in dataclasses.fields(FinetuneOptions) if f.name != "pack")
 
 
 @dataclasses.dataclass
@@ -373,7 +372,7 @@ class FineTuner:
         self.reporter.validation(self.step, per_label, mean)
         if mean > self.best["mean"] and (self.request.keep_best or self.step == self.schedule.total):
             self.best = {"mean": mean, "dice": per_label, "step": self.step, "state": self.cpu_state(),
-                         "scores": scores, "component_scores": component_scores}
+                         "component_scores": component_scores}
         return True
 
     def maybe_report(self, phase, loss, lr, validated):
@@ -415,10 +414,9 @@ class FineTuner:
         weights) it does not lower; all of them without validation cases (``sslseg.postprocessing``)."""
         from sslseg.postprocessing import choose_largest_component
 
-        validated = self.best["dice"] is not None
-        values, reasons = choose_largest_component(
-            self.labels, self.component_classes, self.best["scores"] if validated else None,
-            self.best["component_scores"] if validated else None)
+        raw = None if self.best["dice"] is None else [self.best["dice"][label["name"]] for label in self.labels]
+        values, reasons = choose_largest_component(self.labels, self.component_classes, raw,
+                                                   self.best.get("component_scores"))
         self.postprocessing = {"largest_component": values, "reasons": reasons}
         for reason in reasons:
             self.reporter.log(f"post-processing: {reason}")
