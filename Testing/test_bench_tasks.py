@@ -121,7 +121,7 @@ def test_plain_baseline_plans_from_shape_and_spacing():
 def test_short_side_by_side_run_scores_both_methods(tasks, tmp_path):
     task_benchmark = bench_module("task_benchmark")
     out = tmp_path / "run"
-    records = task_benchmark.main(["--data", tasks["aniso"], "--minutes", "0.3", "--train", "2", "--val", "0",
+    records = task_benchmark.main(["--data", tasks["aniso"], "--minutes", "0.3", "--train", "2", "--val", "auto",
                                    "--test", "1", "--out", str(out), "--code", f"tree={REPO}"])
     # --code runs the same command from another source tree (here this one: the code before a change, usually)
     assert [r["label"] for r in records] == ["sslseg-default", "plain-monai", "sslseg-tree"]
@@ -133,6 +133,8 @@ def test_short_side_by_side_run_scores_both_methods(tasks, tmp_path):
         assert 0.0 <= record["test_dice"]["mean"] <= 1.0
     assert sorted(product["train_cases"]) == sorted(plain["train_cases"]) and len(plain["train_cases"]) == 2
     assert product["val_cases"] == [] and "warning" not in product
+    # --val auto: the user's command, without --val-cases (the product's default holds none out of 2 cases)
+    assert "--val-cases" not in product["commands"][0] and "--val 0" in plain["commands"][0]
     assert plain["plan"]["kernels"][0] == [1, 3, 3]  # the thick-slice rule, on the real task
     test_case = records[0]["test_cases"][0]
     for label in ("sslseg-default", "plain-monai", "sslseg-tree"):

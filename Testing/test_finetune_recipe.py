@@ -419,3 +419,31 @@ def test_plan_and_terminology_reach_model_json(tmp_path, hippocampus_dir):
     assert plan["kernel_sizes"] == meta["network"]["config"]["kernel_sizes"]
     assert any(reason.startswith("normalisation zscore") for reason in plan["reasons"])
     assert meta["recipe"]["augmentation"]["rotation"] == "3D"
+
+
+def test_small_folders_train_on_every_case_by_default():
+    from sslseg.finetuning.data import MIN_CASES_FOR_VALIDATION, default_val_cases, split_cases
+
+    assert [default_val_cases(n) for n in (1, 5, 10, MIN_CASES_FOR_VALIDATION - 1)] == [0, 0, 0, 0]
+    assert [default_val_cases(n) for n in (MIN_CASES_FOR_VALIDATION, 49, 200)] == [4, 9, 10]
+    ids = [f"c{i:02d}" for i in range(MIN_CASES_FOR_VALIDATION)]
+    train, val = split_cases(ids, None, seed=0)
+    assert len(val) == 4 and sorted(train + val) == ids and not set(train) & set(val)
+    assert split_cases(ids[:10], None, seed=0) == (ids[:10], [])
+    assert split_cases(ids[:10], 3, seed=0)[1] != []  # an explicit hold-out is still honoured
+
+
+def test_a_run_without_a_hold_out_says_so_and_keeps_the_last_weights(tmp_path, hippocampus_dir):
+    import io
+
+    from sslseg.progress import Reporter
+
+    images, labels = hippocampus_files(hippocampus_dir, 5)
+    stream = io.StringIO()
+    out = finetune("none", images=images, labels=labels, label_names=NAMES, out=tmp_path / "model", preset="test",
+                   device="cpu", steps=2, progress=Reporter("json", stream=stream))
+    logs = [json.loads(line).get("message", "") for line in stream.getvalue().splitlines()]
+    assert any(m.startswith("no validation cases: below 20 labelled cases every case trains") for m in logs)
+    meta = json.loads(open(os.path.join(out, "model.json")).read())
+    assert len(meta["training"]["train_cases"]) == 5 and meta["training"]["val_cases"] == []
+    assert meta["validation"]["note"] == "the last weights are kept"

@@ -9,7 +9,10 @@ methods get, the next --test are scored. The product runs as a user would run it
     sslseg finetune --backbone none --data POOL --device cpu --val-cases VAL --time-limit SECONDS --out MODEL
     sslseg predict --model MODEL --input TEST_IMAGES --output PREDICTIONS --device cpu
 
-(the cpu preset's defaults; it holds VAL of the cases out for validation by its own seeded rule). The plain script
+(the cpu preset's defaults; it holds VAL of the cases out for validation by its own seeded rule). ``--val auto``:
+the folder is the --train cases and ``--val-cases`` is left out, so the product's own default decides (every case
+trains below 20 cases), exactly the command a user types; the plain script trains on the cases the product trains
+on. The plain script
 (bench/plain_monai_baseline.py) trains on exactly the cases the product trains on, for the same time, and writes
 its test predictions too. Both prediction folders are scored on each case's original grid by
 finetune_time_to_dice.score_folder. With --parallel (the default) the runs start together with one thread each,
@@ -104,8 +107,9 @@ def sslseg_run(label, args, pool, test_images, out, extra=(), env=None, code=Non
     """The product's two commands; ``code``: another source tree of sslseg to run them from (its folder)."""
     model = os.path.join(out, "models", label)
     predictions = os.path.join(out, "predictions", label)
-    finetune = [*SSLSEG, "finetune", "--backbone", "none", "--data", pool, "--device", "cpu", "--val-cases",
-                str(args.val), "--time-limit", f"{args.minutes * 60:g}", "--out", model, *extra]
+    val = [] if args.val == "auto" else ["--val-cases", str(args.val)]
+    finetune = [*SSLSEG, "finetune", "--backbone", "none", "--data", pool, "--device", "cpu", *val,
+                "--time-limit", f"{args.minutes * 60:g}", "--out", model, *extra]
     predict = [*SSLSEG, "predict", "--model", model, "--input", *test_images, "--output", predictions, "--device",
                "cpu", "--progress", "none"]
     if code:  # the tree comes first on sys.path: `python -m` puts the working folder there
@@ -117,7 +121,7 @@ def plain_run(args, train_ids, out) -> Run:
     predictions = os.path.join(out, "predictions", "plain-monai")
     json_out = os.path.join(out, "plain.jsonl")
     command = [sys.executable, os.path.join(HERE, "plain_monai_baseline.py"), "--data", args.data,
-               "--train", str(args.train), "--val", str(args.val), "--test", str(args.test),
+               "--train", str(args.train), "--val", str(args.held), "--test", str(args.test),
                "--split-seed", str(args.split_seed), "--train-ids", *train_ids,
                "--time-limit", f"{args.minutes * 60:g}", "--predictions", predictions,
                "--json-out", json_out]
@@ -186,8 +190,9 @@ def parse_args(argv=None):
     parser.add_argument("--data", required=True, help="dataset folder (nnU-Net/MSD layout, one channel)")
     parser.add_argument("--minutes", type=float, default=15, help="training time of each method (default 15)")
     parser.add_argument("--train", type=int, default=10)
-    parser.add_argument("--val", type=int, default=5, help="of the labelled cases, held out by the product for "
-                                                          "validation (the plain script does not see them)")
+    parser.add_argument("--val", type=held_out, default=5,
+                        help="of the labelled cases, held out by the product for validation (the plain script does "
+                             "not see them); 'auto': the product's default on a folder of --train cases")
     parser.add_argument("--test", type=int, default=30)
     parser.add_argument("--split-seed", type=int, default=0)
     mode = parser.add_mutually_exclusive_group()
@@ -202,7 +207,13 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="output folder (default bench/results/<task>-<time>)")
     parser.add_argument("--json-out", help="also append the records to this JSON lines file")
     parser.add_argument("--task", help="task name in the table (default: the data folder's name)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.held = 0 if args.val == "auto" else args.val  # cases beside --train in the labelled folder
+    return args
+
+
+def held_out(text):
+    return text if text == "auto" else int(text)
 
 
 def main(argv=None, command="python bench/task_benchmark.py"):
@@ -214,9 +225,9 @@ def main(argv=None, command="python bench/task_benchmark.py"):
     if os.path.isdir(out) and os.listdir(out):
         raise SystemExit(f"task_benchmark: {out} is not empty; give a new --out")
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-    dataset, train_ids, val_ids, test_ids = split_cases(args.data, args.train, args.val, args.test, args.split_seed)
+    dataset, train_ids, val_ids, test_ids = split_cases(args.data, args.train, args.held, args.test, args.split_seed)
     pool = make_pool(dataset, train_ids + val_ids, os.path.join(out, "pool"))
-    product_train, _ = product_split(pool, args.val)
+    product_train, _ = product_split(pool, None if args.val == "auto" else args.val)
     runs = runs_for(args, dataset, product_train, test_ids, pool, out)
     started = time.time()
     with ThreadPoolExecutor(len(runs) if args.parallel else 1) as pool_of_runs:

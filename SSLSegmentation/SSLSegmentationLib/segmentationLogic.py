@@ -124,7 +124,7 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
         ``segmentNames``: the segments to learn, matched by name in every pair (default: all segments of the first
         pair); value i+1 is ``segmentNames[i]``. ``preset``: None picks by device (``cpu`` without a GPU, ``quick``
         with one) and logs the choice. ``validationShare``: share of the pairs held out for validation (None: the
-        engine's default, none below 5 cases). ``initialModel``: continue training from this model (name or path)
+        engine's default, ``sslseg.finetuning.data.default_val_cases``: none below 20 pairs). ``initialModel``: continue training from this model (name or path)
         instead of ``backbone`` (``sslseg finetune --init-model``). ``modality``: "CT" (HU windowing), "MR"
         (z-score) or "auto" (``nodeBridge.guessModality`` of the first volume). ``steps``, ``timeLimit`` (s),
         ``seed``, ``patchSize`` [z, y, x], ``batchSize``, ``maxLr`` override the preset like the CLI options.

@@ -38,7 +38,8 @@ def add_parser(subparsers):
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
                         help="fit the run into this many seconds (the cpu preset defaults to 900; 0 = no limit)")
     parser.add_argument("--val-cases", type=int,
-                        help="cases held out for validation (default: 1 in 5, at most 10; none below 5 cases)")
+                        help="cases held out for validation (default: none below 20 cases, so that every "
+                             "case trains; 1 in 5, at most 10, from 20 on)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, help="batch size (default: the preset's, reduced to fit the GPU)")
     parser.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"),

@@ -130,6 +130,9 @@ class FineTuner:
         self.num_classes = len(self.labels) + 1
         self.train_ids, self.val_ids = training_data.split_cases(
             [case.case_id for case in self.raw], r.val_cases, r.seed, r.val_case_ids)
+        if r.val_cases is None and r.val_case_ids is None and not self.val_ids:
+            self.reporter.log(f"no validation cases: below {training_data.MIN_CASES_FOR_VALIDATION} labelled cases "
+                              f"every case trains and the last weights are kept (--val-cases N holds N out)")
 
     def build_network(self):
         """The starting network, initialised from the seed (the same seed gives the same network)."""
