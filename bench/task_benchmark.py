@@ -11,12 +11,11 @@ methods get, the next --test are scored. The product runs as a user would run it
 
 (the cpu preset's defaults; it holds VAL of the cases out for validation by its own seeded rule). ``--val auto``:
 the folder is the --train cases and ``--val-cases`` is left out, so the product's own default decides (every case
-trains below 20 cases), exactly the command a user types; the plain script trains on the cases the product trains
-on. The plain script
-(bench/plain_monai_baseline.py) trains on exactly the cases the product trains on, for the same time, and writes
-its test predictions too. Both prediction folders are scored on each case's original grid by
-finetune_time_to_dice.score_folder. With --parallel (the default) the runs start together with one thread each,
-so that they share the cores and any load from other jobs equally; --sequential runs them one after the other.
+trains below 20 cases), exactly the command a user types. The plain script (bench/plain_monai_baseline.py)
+trains on exactly the cases the product trains on, for the same time, and writes its test predictions too. Both
+prediction folders are scored on each case's original grid by finetune_time_to_dice.score_folder. With --parallel
+(the default) the runs start together with one thread each, so that they share the cores and any load from other
+jobs equally; --sequential runs them one after the other.
 
 Writes (under --out, default bench/results/<task>-<time>/): results.jsonl (one record per run), results.md (the
 table), logs/, models/, predictions/, and the labelled folder pool/ (links to DIR's files). "training s" is the
