@@ -1,7 +1,8 @@
 """The CPU target, side by side in one run: the product's default CPU command (15-minute limit) against the plain
 MONAI script (bench/plain_monai_baseline.py, 15 minutes), trained on the same 10 hippocampus cases (a folder of 10
 labelled cases and the product's default command, which trains on all of them below 20 cases) and tested on the
-same 30 never-seen cases with the same Dice code. One use of bench/task_benchmark.py, which runs the same comparison on any dataset folder.
+same 30 never-seen cases with the same Dice code. One use of bench/task_benchmark.py, which runs the same
+comparison on any dataset folder.
 
     python bench/cpu_target.py [--minutes 15] [--parallel]
 

@@ -106,7 +106,7 @@ def sslseg_run(label, args, pool, test_images, out, extra=(), env=None, code=Non
     """The product's two commands; ``code``: another source tree of sslseg to run them from (its folder)."""
     model = os.path.join(out, "models", label)
     predictions = os.path.join(out, "predictions", label)
-    val = [] if args.val == "auto" else ["--val-cases", str(args.val)]
+    val = [] if args.val_cases is None else ["--val-cases", str(args.val_cases)]
     finetune = [*SSLSEG, "finetune", "--backbone", "none", "--data", pool, "--device", "cpu", *val,
                 "--time-limit", f"{args.minutes * 60:g}", "--out", model, *extra]
     predict = [*SSLSEG, "predict", "--model", model, "--input", *test_images, "--output", predictions, "--device",
@@ -207,7 +207,8 @@ def parse_args(argv=None):
     parser.add_argument("--json-out", help="also append the records to this JSON lines file")
     parser.add_argument("--task", help="task name in the table (default: the data folder's name)")
     args = parser.parse_args(argv)
-    args.held = 0 if args.val == "auto" else args.val  # cases beside --train in the labelled folder
+    args.val_cases = None if args.val == "auto" else args.val  # the product's option; None: its default
+    args.held = args.val_cases or 0  # cases beside --train in the labelled folder
     return args
 
 
@@ -226,7 +227,7 @@ def main(argv=None, command="python bench/task_benchmark.py"):
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     dataset, train_ids, val_ids, test_ids = split_cases(args.data, args.train, args.held, args.test, args.split_seed)
     pool = make_pool(dataset, train_ids + val_ids, os.path.join(out, "pool"))
-    product_train, _ = product_split(pool, None if args.val == "auto" else args.val)
+    product_train, _ = product_split(pool, args.val_cases)
     runs = runs_for(args, dataset, product_train, test_ids, pool, out)
     started = time.time()
     with ThreadPoolExecutor(len(runs) if args.parallel else 1) as pool_of_runs:

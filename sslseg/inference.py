@@ -416,9 +416,9 @@ def predict(model, inputs, output, device: str = "auto", overlap: float = 0.5, t
     loaded ``Model``) and write the results into the folder ``output``. Returns the written files (a
     ``Predictions`` list). ``tta`` (mirroring) defaults to on with CUDA or ``uncertainty``; on the CPU, where it
     costs 8 times the time, to on for a case that takes at most ``CPU_TTA_MAX_WINDOWS`` windows (seconds).
-    ``sw_batch_size``: windows per forward pass (None: from free GPU memory; 2 on the CPU). ``uncertainty``: also write ``<case>_uncertainty.nii.gz`` (the normalised entropy of the
-    TTA-averaged softmax, float32, on the input's grid) and put each case's summary into the return value's
-    ``uncertainty`` and the ``done`` event.
+    ``sw_batch_size``: windows per forward pass (None: from free GPU memory; 2 on the CPU). ``uncertainty``: also
+    write ``<case>_uncertainty.nii.gz`` (the normalised entropy of the TTA-averaged softmax, float32, on the
+    input's grid) and put each case's summary into the return value's ``uncertainty`` and the ``done`` event.
 
     Everything is checked before the model's weights are loaded: the options, every output path (no output may
     land on an input), model.json, and every input, read once."""

@@ -157,7 +157,8 @@ class FineTuner:
 
     def data_plan(self, stride, network_plan=None, inherited=None):
         """The plan from the training cases; ``stride`` None: with a network planned from scratch."""
-        train = [case for case in self.raw if case.case_id in set(self.train_ids)]
+        train_ids = set(self.train_ids)
+        train = [case for case in self.raw if case.case_id in train_ids]
         boxes = [foreground_box(case.label, list(reversed(case.geometry.spacing))) for case in train]
         return make_plan([case.geometry for case in train], self.dataset.modality, self.in_channels, self.preset,
                          stride=stride, network_plan=network_plan, inherited=inherited,
