@@ -83,7 +83,8 @@ def device_type(device="auto") -> str:
 
 def resolve_device(device="auto", local_rank: int | None = None):
     """The torch device to run on and a one-line note for the user. ``auto`` picks CUDA when PyTorch sees a GPU;
-    ``local_rank`` (under torchrun) picks that process's GPU. Asking for CUDA without one is a clear error."""
+    ``local_rank`` (under torchrun) picks that process's GPU. A CUDA device always carries its index
+    (``cuda:N``). Asking for CUDA without one is a clear error."""
     import torch
 
     text = parse_device(device)
@@ -93,10 +94,12 @@ def resolve_device(device="auto", local_rank: int | None = None):
         if not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but no CUDA GPU is visible to PyTorch (is a CPU-only torch "
                             "installed? see README); use --device cpu")
-        if text == "cuda" and local_rank is not None:
-            text = f"cuda:{local_rank}"
+        if text == "cuda":
+            # Always an indexed device: torch.cuda.set_device and set_per_process_memory_fraction reject a bare
+            # torch.device("cuda") ("Expected a torch.device with a specified index").
+            text = f"cuda:{torch.cuda.current_device() if local_rank is None else local_rank}"
         torch_device = torch.device(text)
-        if torch_device.index is not None and torch_device.index >= torch.cuda.device_count():
+        if torch_device.index >= torch.cuda.device_count():
             raise UserError(f"--device {text}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
         precision = mixed_precision(torch_device)
         return torch_device, f"CUDA: {torch.cuda.get_device_name(torch_device)}, {precision.name} mixed precision"

@@ -75,14 +75,23 @@ def _output_classes(network) -> int:
 
 
 def gather_device(device, output_values: int):
-    """Where the blended output lives: on the GPU, unless it would take more than 1 GiB there; then windows run on
-    the GPU and the output is gathered in CPU memory (MONAI's sw_device/device split), so that a 4 GB card is
-    enough."""
+    """Where the blended output lives: on the GPU when it takes at most ``GATHER_ON_CPU_BYTES`` or a quarter of the
+    memory free there (PyTorch's unused cache counted as free: the blend, the mirrored sum and the windows fit
+    beside it); else windows run on the GPU and the output is gathered in CPU memory (MONAI's sw_device/device
+    split), so that a 4 GB card is enough and an 80 GB one keeps large volumes on the GPU."""
     import torch
 
-    if device.type == "cuda" and output_values * 4 > GATHER_ON_CPU_BYTES:
-        return torch.device("cpu")
-    return device
+    if device.type != "cuda" or output_values * 4 <= GATHER_ON_CPU_BYTES:
+        return device
+    return device if output_values * 4 <= free_gpu_memory(device) // 4 else torch.device("cpu")
+
+
+def free_gpu_memory(device) -> int:
+    """Bytes the card has free for this process: the driver's free memory plus PyTorch's cached, unused blocks."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
 def _window_bytes(network, in_channels: int, patch_size, device) -> int:
@@ -105,14 +114,34 @@ def window_batch_size(network, in_channels: int, patch_size, device) -> int:
     """Windows per forward pass: on CUDA as many as fit into half the free GPU memory (PyTorch's unused cache
     counted as free), at most ``WINDOW_MEMORY`` bytes of them (so that a 256^3 volume stays within a 4 GB card) and
     ``MAX_WINDOW_BATCH``; 2 on the CPU, where a larger batch is not faster."""
-    import torch
-
     if device.type != "cuda":
         return CPU_WINDOW_BATCH
     per_window = _window_bytes(network, in_channels, patch_size, device)
-    free, _ = torch.cuda.mem_get_info(device)
-    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    free = free_gpu_memory(device)
     return int(max(1, min(MAX_WINDOW_BATCH, min(WINDOW_MEMORY, free // 2) // per_window)))
+
+
+class MirroredPredictor:
+    """Test-time mirroring inside each forward pass: a batch of windows and its mirror images run as one batch, and
+    the logits, flipped back, are averaged per window (nnU-Net's per-window mirroring, Isensee et al., Nature
+    Methods 2021). One sliding-window pass instead of one per mirroring, so the GPU sees batches ``len(flips)``
+    times larger."""
+
+    def __init__(self, network, flips):
+        self.network, self.flips = network, list(flips)
+
+    def __call__(self, windows):
+        import torch
+
+        if len(self.flips) == 1:
+            return self.network(windows)
+        batch = torch.cat([torch.flip(windows, flip) if flip else windows for flip in self.flips])
+        parts = self.network(batch).float().chunk(len(self.flips))
+        total = None
+        for part, flip in zip(parts, self.flips):
+            part = torch.flip(part, flip) if flip else part
+            total = part if total is None else total + part
+        return total / len(self.flips)
 
 
 def window_probabilities(network, image, patch_size, device, overlap: float = 0.5, tta: bool = False,
@@ -121,41 +150,25 @@ def window_probabilities(network, image, patch_size, device, overlap: float = 0.
     see ``gather_device``) for a preprocessed ``image[c, z, y, x]``.
 
     Volumes smaller than the patch are padded (and the padding cut off again); windows are blended with a Gaussian
-    (MONAI ``sliding_window_inference``, ``mode="gaussian"``); with ``tta`` the softmax is averaged over all 8
-    mirrorings. ``sw_batch_size`` None: from free memory (``window_batch_size``). The network must be in eval mode on
-    ``device``."""
+    (MONAI ``sliding_window_inference``, ``mode="gaussian"``); with ``tta`` the logits are averaged over all 8
+    mirrorings of each window (``MirroredPredictor``). ``sw_batch_size`` None: from free memory
+    (``window_batch_size``, shared by the mirrorings). The network must be in eval mode on ``device``."""
     import torch
     from monai.inferers import sliding_window_inference
 
     padded, inner = pad_to(np.asarray(image, np.float32), patch_size, value=0.0)
     gather = gather_device(device, padded[0].size * _output_classes(network))
-    if sw_batch_size is None:
-        sw_batch_size = window_batch_size(network, padded.shape[0], patch_size, device)
-    tensor = torch.from_numpy(np.ascontiguousarray(padded))[None].to(gather)
-    total = None
     flips = mirror_axes_sets(tta)
+    if sw_batch_size is None:
+        sw_batch_size = max(1, window_batch_size(network, padded.shape[0], patch_size, device) // len(flips))
+    tensor = torch.from_numpy(np.ascontiguousarray(padded))[None].to(gather)
     with torch.inference_mode(), _autocast(device, amp):
-        for flip in flips:
-            source = torch.flip(tensor, flip) if flip else tensor
-            logits = sliding_window_inference(source, roi_size=list(patch_size), sw_batch_size=sw_batch_size,
-                                              predictor=network, overlap=overlap, mode="gaussian",
-                                              sigma_scale=0.125, padding_mode="constant", cval=0.0,
-                                              sw_device=device, device=gather)
-            probabilities = torch.softmax(logits.float(), dim=1)
-            if flip:
-                probabilities = torch.flip(probabilities, flip)
-            total = probabilities if total is None else total.add_(probabilities)
-        if len(flips) > 1:
-            total /= len(flips)
-    return total[0][(slice(None), *inner)]
-
-
-def sliding_window_probabilities(network, image, patch_size, device, overlap: float = 0.5, tta: bool = False,
-                                 sw_batch_size: int | None = CPU_WINDOW_BATCH, amp: bool | None = None):
-    """``window_probabilities`` as a float32 numpy array (validation during training uses it with 2 windows per
-    pass, as much as the training step beside it leaves room for)."""
-    return window_probabilities(network, image, patch_size, device, overlap, tta, sw_batch_size,
-                                amp).cpu().numpy()
+        logits = sliding_window_inference(tensor, roi_size=list(patch_size), sw_batch_size=sw_batch_size,
+                                          predictor=MirroredPredictor(network, flips), overlap=overlap,
+                                          mode="gaussian", sigma_scale=0.125, padding_mode="constant", cval=0.0,
+                                          sw_device=device, device=gather)
+        probabilities = torch.softmax(logits.float(), dim=1)
+    return probabilities[0][(slice(None), *inner)]
 
 
 def labels_on_grid(probabilities, grid, geometry, label_values, uncertainty: bool = False):

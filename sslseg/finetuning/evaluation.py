@@ -23,7 +23,7 @@ def validate(network, cases, patch, device, num_classes, overlap=VALIDATION_OVER
     """(mean Dice per foreground class over ``cases`` (PreparedCase), the same with only the largest component of
     each class in ``component_classes`` kept (the raw Dice for the others): ``sslseg.postprocessing``). The
     network's mode and deep supervision are restored afterwards."""
-    from sslseg.inference import sliding_window_probabilities
+    from sslseg.inference import CPU_WINDOW_BATCH, window_probabilities
     from sslseg.postprocessing import keep_largest_components
 
     was_training = network.training
@@ -33,8 +33,10 @@ def validate(network, cases, patch, device, num_classes, overlap=VALIDATION_OVER
     try:
         raw, components = [], []
         for case in cases:
-            predicted = np.argmax(sliding_window_probabilities(network, case.image, patch, device, overlap=overlap),
-                                  axis=0)
+            # the argmax on the device: only the label map comes back to the host, not every class's probability
+            probabilities = window_probabilities(network, case.image, patch, device, overlap=overlap,
+                                                 sw_batch_size=CPU_WINDOW_BATCH)
+            predicted = probabilities.argmax(0).cpu().numpy()
             raw.append(dice_per_class(predicted, case.label, num_classes))
             reduced = keep_largest_components(predicted, list(component_classes))
             components.append(dice_per_class(reduced, case.label, num_classes) if component_classes else raw[-1])

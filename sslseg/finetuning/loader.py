@@ -79,23 +79,30 @@ def loader_workers(device, cores: int | None = None) -> int:
 
 
 class DataWait:
-    """The share of training time the device waits for data. Call ``step_started`` when the batch is on its way to
-    the device, ``step_ended`` after the optimiser step, ``pause`` after other work (validation: its time is not a
-    wait for data), and ``collect`` now and then (it reads only finished CUDA events: no synchronisation)."""
+    """The share of training time the device waits for data. Call ``batch_requested`` before the batch is fetched,
+    ``step_started`` when it is on its way to the device, ``step_ended`` after the optimiser step, ``pause`` after
+    other work (validation: its time is not a wait for data), and ``collect`` now and then (it reads only finished
+    CUDA events: no synchronisation).
+
+    On the CPU the wait is the time spent building or fetching the batch. On CUDA the GPU's idle gap between two
+    steps counts only as far as the host was itself blocked fetching the batch in that gap: the rest of a gap is the
+    host's other work (progress, logging, the time budget), not data."""
 
     def __init__(self, device):
         self.cuda = getattr(device, "type", str(device)) == "cuda"
         self.waited = 0.0
         self.worked = 0.0
-        self._pending = []  # CUDA: (previous step's end or None, start, end) events
+        self._pending = []  # CUDA: (previous step's end or None, start, end, host seconds blocked on the batch)
         self._previous_end = None
         self._requested = self._started = None
+        self._host_wait = 0.0
 
     def batch_requested(self):
         self._requested = time.perf_counter()
 
     def step_started(self):
         if self.cuda:
+            self._host_wait = time.perf_counter() - self._requested
             self._started = torch.cuda.Event(enable_timing=True)
             self._started.record()
         else:
@@ -108,7 +115,7 @@ class DataWait:
             return
         end = torch.cuda.Event(enable_timing=True)
         end.record()
-        self._pending.append((self._previous_end, self._started, end))
+        self._pending.append((self._previous_end, self._started, end, self._host_wait))
         self._previous_end = end
 
     def pause(self):
@@ -119,9 +126,9 @@ class DataWait:
         if wait and self._pending:
             self._pending[-1][2].synchronize()
         while self._pending and self._pending[0][2].query():
-            previous, start, end = self._pending.pop(0)
+            previous, start, end, host_wait = self._pending.pop(0)
             if previous is not None:
-                self.waited += previous.elapsed_time(start) / 1000.0
+                self.waited += min(previous.elapsed_time(start) / 1000.0, host_wait)
             self.worked += start.elapsed_time(end) / 1000.0
 
     def share(self):

@@ -41,32 +41,53 @@ def enable_gradient_checkpointing(network) -> int:
     return len(stages)
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """The allocator's OutOfMemoryError, or a library's failed allocation that PyTorch raises as a plain
+    RuntimeError (cuDNN's ``CUDNN_STATUS_ALLOC_FAILED``, cuBLAS's ``CUBLAS_STATUS_ALLOC_FAILED``, "out of memory")."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text)
+
+
 def peak_training_memory(network, in_channels, patch, batch_size, device, precision=None) -> float:
-    """Bytes of GPU memory reserved at the peak of one mixed-precision forward/backward pass of a batch (the
-    weights and gradients included; inf when it runs out). Reserved, not allocated: the caching allocator's blocks
-    are what the card gives up, and what ``torch.cuda.max_memory_reserved`` reports for the run."""
+    """Bytes of GPU memory reserved at the peak of one real training step's forward/backward pass: the network with
+    deep supervision as it trains, the training loss (Dice + cross-entropy over every supervised output, whose
+    one-hot targets grow with the class count), the weights and gradients (inf when it runs out). Reserved, not
+    allocated: the caching allocator's blocks are what the card gives up, and what
+    ``torch.cuda.max_memory_reserved`` reports for the run. cuDNN's autotuner is off while it measures: its
+    trial workspaces are not what the run keeps."""
     import torch
 
     from sslseg.device import mixed_precision
+    from sslseg.finetuning.loss import deep_supervision_weights, make_loss_function, supervised_loss
 
     precision = precision or mixed_precision(device)
+    classes = int(getattr(network.decoder, "num_classes", 2) or 2)
+    weights = deep_supervision_weights(len(getattr(network.decoder, "stages", [])) or 1)
+    autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    x = out = loss = None
+    x = labels = out = loss = None
     try:
         x = torch.zeros((batch_size, in_channels, *patch), device=device)
+        labels = torch.randint(0, classes, (batch_size, 1, *patch), device=device)
         with torch.autocast("cuda", dtype=precision.dtype, enabled=precision.enabled):
             out = network(x)
-            out = out[0] if isinstance(out, (list, tuple)) else out
-            loss = out.float().mean()
+            loss = supervised_loss(out, labels, make_loss_function(), weights)
         loss.backward()
         return float(torch.cuda.max_memory_reserved(device))
-    except torch.cuda.OutOfMemoryError:
+    except RuntimeError as error:  # OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(error):
+            raise
         return float("inf")
     finally:
         network.zero_grad(set_to_none=True)
-        x = out = loss = None  # noqa: F841 - free the probe's tensors
+        x = labels = out = loss = None  # noqa: F841 - free the probe's tensors
         torch.cuda.empty_cache()
+        torch.backends.cudnn.benchmark = autotune
 
 
 @dataclass

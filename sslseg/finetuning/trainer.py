@@ -199,7 +199,6 @@ class FineTuner:
             return
         # patch and batch stay fixed for the run: the autotuner's first-step cost is paid back many times.
         # torch.compile stays off: its compile time (minutes for ResEnc-L) is unmeasured against a 5-minute run.
-        torch.backends.cudnn.benchmark = True
         optimizer = self.request.optimizer or self.preset.optimizer
         self.memory_fit = fit_to_memory(  # cases stay padded to the larger patch: a smaller one still fits
             self.network, self.in_channels, self.patch, self.batch, self.plan.stride, self.device,
@@ -208,6 +207,7 @@ class FineTuner:
         self.checkpointing = self.memory_fit.checkpointing
         if self.request.max_memory_gb:
             hold_to_limit(self.device, self.memory_fit.limit)
+        torch.backends.cudnn.benchmark = True  # after the probe, whose peak its trial workspaces would inflate
         torch.cuda.reset_peak_memory_stats(self.device)
 
     # --- optimisation ----------------------------------------------------------------------------------------

@@ -129,11 +129,11 @@ class VolumeFusion(PretextTask):
 
     def training_loss(self, model, batch):
         image = batch["image"].to(self.device, non_blocking=True)
-        label = batch["label"].to(self.device, non_blocking=True)
+        label = batch["label"].to(self.device, non_blocking=True).long()
         return self.loss(self.forward(model, image), label)
 
     def validation_score(self, model, batch):
-        label = batch["label"].to(self.device)
+        label = batch["label"].to(self.device).long()
         logits = self.forward(model, batch["image"].to(self.device))
         dice = mean_dice(logits.argmax(1, keepdim=True), label, NUM_CLASSES)
         return float(self.loss(logits, label)), {"fusion": dice}

@@ -69,20 +69,24 @@ class SparseConv3d(nn.Conv3d):
 
 
 class SparseInstanceNorm3d(nn.InstanceNorm3d):
-    """Instance normalisation with statistics over visible voxels only; masked voxels stay zero."""
+    """Instance normalisation with statistics over visible voxels only; masked voxels stay zero. The statistics
+    accumulate in float32, the full-size tensors keep the input's dtype (bf16/fp16 under autocast: half the memory
+    of float32 copies; on float32 inputs every operation is the same as in float32 throughout)."""
 
     mask_context: MaskContext
 
     def forward(self, x):
-        mask = self.mask_context.mask_like(x).float()
-        xf = x.float()
-        count = mask.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
-        mean = (xf * mask).sum(dim=(2, 3, 4), keepdim=True) / count
-        var = (((xf - mean) * mask) ** 2).sum(dim=(2, 3, 4), keepdim=True) / count  # biased, as InstanceNorm
-        out = (xf - mean) * torch.rsqrt(var + self.eps)
+        dims, dtype = (2, 3, 4), x.dtype
+        mask = self.mask_context.mask_like(x)
+        count = mask.sum(dim=dims, keepdim=True, dtype=torch.float32).clamp_min(1.0)
+        mean = (x * mask).sum(dim=dims, keepdim=True, dtype=torch.float32) / count
+        mean = mean.to(dtype)
+        # x - mean twice, not shared: the same autograd graph (so the same float32 gradients) as before
+        var = (((x - mean) * mask) ** 2).sum(dim=dims, keepdim=True, dtype=torch.float32) / count  # biased
+        out = (x - mean) * torch.rsqrt(var + self.eps).to(dtype)
         if self.affine:
-            out = out * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
-        return (out * mask).to(x.dtype)
+            out = out * self.weight.view(1, -1, 1, 1, 1).to(dtype) + self.bias.view(1, -1, 1, 1, 1).to(dtype)
+        return out * mask
 
 
 _SPARSE = {nn.Conv3d: SparseConv3d, nn.InstanceNorm3d: SparseInstanceNorm3d}

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict
 
@@ -33,8 +34,6 @@ from sslseg.pretraining.config import PretrainConfig, check_options, check_patch
 from sslseg.pretraining.distributed import CancelRequest, Distributed
 from sslseg.pretraining.reporting import PretrainReporter
 from sslseg.schedule import Schedule
-
-NON_FINITE_TOLERANCE = 50  # fp16 overflows in a row the grad scaler may skip before the run counts as diverged
 
 
 class PretrainingRun:
@@ -154,6 +153,7 @@ class PretrainingRun:
         """Batches ``start_step .. steps - 1`` (worker processes on CUDA), and the fixed validation batch."""
         import torch
 
+        from sslseg.finetuning.loader import PREFETCH
         from sslseg.pretraining.batches import PretrainBatches
         from sslseg.pretraining.methods import VALIDATION_SEED_OFFSET
 
@@ -168,7 +168,7 @@ class PretrainingRun:
         return torch.utils.data.DataLoader(
             dataset, batch_size=None, sampler=range(self.start_step, config.steps), num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
-            prefetch_factor=4 if workers > 0 else None,
+            prefetch_factor=PREFETCH if workers > 0 else None,
         )
 
     # --- model ----------------------------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ class PretrainingRun:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
         self.model.train()
-        self.window, self.non_finite = [], 0
+        self.window = []
         if self.start_step == 0:
             self.validate(0)
         with CancelRequest() as cancel:
@@ -241,7 +241,8 @@ class PretrainingRun:
         return False
 
     def train_step(self, batch):
-        """One optimiser step on ``batch`` (its ``step`` sets the learning rate)."""
+        """One optimiser step on ``batch`` (its ``step`` sets the learning rate). The loss stays on the device until
+        it is reported (``read_window``): no host synchronisation per step."""
         import torch
 
         self.lr = self.schedule.lr(batch["step"])
@@ -249,20 +250,26 @@ class PretrainingRun:
             group["lr"] = self.lr
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.task.training_loss(self.train_model, batch)
-        finite = bool(torch.isfinite(loss))
-        # fp16 overflow (CUDA): the grad scaler skips the step, as in nnU-Net; without a scaler it is divergence
-        self.non_finite = 0 if finite else self.non_finite + 1
-        if not finite and (not self.precision.use_scaler or self.non_finite >= NON_FINITE_TOLERANCE):
-            raise RuntimeError(f"the loss became {loss.item()} at step {batch['step'] + 1}; lower --lr or check "
-                               "the images (see preflight.json)")
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.parameters, self.config.clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step = batch["step"] + 1
-        if finite:
-            self.window.append(float(loss.detach()))
+        self.window.append(loss.detach())
+
+    def read_window(self) -> list:
+        """The losses since the last report as floats (one host synchronisation). A non-finite loss stops the run,
+        as it stops fine-tuning: this runs before every report and every save, so no diverged weights are saved."""
+        import torch
+
+        if self.window and isinstance(self.window[0], torch.Tensor):
+            self.window = torch.stack(self.window).tolist()
+        bad = [value for value in self.window if not math.isfinite(value)]
+        if bad:
+            raise RuntimeError(f"the loss became {bad[0]} by step {self.step}; lower --lr or check the images "
+                               "(see preflight.json)")
+        return self.window
 
     def after_step(self, cancel) -> bool:
         """Report, validate and save on their intervals; True to stop here (``stop_at``)."""
@@ -286,7 +293,7 @@ class PretrainingRun:
 
     def report_loss(self):
         """The mean training loss since the last report, over all ranks."""
-        window = self.window
+        window = self.read_window()
         mean_loss = self.dist.mean(sum(window) / len(window) if window else float("nan"), self.device)
         self.window = []
         self.loss_history.append((self.step, mean_loss))
@@ -307,11 +314,12 @@ class PretrainingRun:
 
     # --- saving ---------------------------------------------------------------------------------------------------
     def save_latest(self):
-        """The resumable state (rank 0 writes it, atomically)."""
+        """The resumable state (rank 0 writes it, atomically), never of a diverged run."""
         import torch
 
         if not self.dist.is_main:
             return
+        self.read_window()
         cuda = self.device.type == "cuda"
         state = {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},

@@ -28,6 +28,8 @@ from sslseg.pretraining.data import crop_with_padding, random_start
 
 K = 4  # fusion levels; K + 1 classes
 NUM_CLASSES = K + 1
+# one byte per voxel: 8x less shared memory between loader processes than int64 (the loss widens it on the device)
+LABEL_DTYPE = np.uint8
 RESCALE_RANGE = (0.7, 1.5)
 LOW_PERCENTILE = (0.1, 2.0)
 HIGH_PERCENTILE = (98.0, 99.9)
@@ -89,7 +91,7 @@ def block_grid_label(patch, rng) -> np.ndarray:
     foreground[: int(cells * FOREGROUND_BLOCK_RATIO)] = True
     rng.shuffle(foreground)
     levels = np.where(foreground, rng.integers(1, K + 1, size=cells), 0).reshape(counts)
-    label = np.zeros(patch, dtype=np.int64)
+    label = np.zeros(patch, dtype=LABEL_DTYPE)
     expanded = levels.repeat(block[0], 0).repeat(block[1], 1).repeat(block[2], 2)
     label[offset[0]: offset[0] + expanded.shape[0], offset[1]: offset[1] + expanded.shape[1],
           offset[2]: offset[2] + expanded.shape[2]] = expanded
@@ -98,7 +100,7 @@ def block_grid_label(patch, rng) -> np.ndarray:
 
 def random_boxes_label(patch, rng) -> np.ndarray:
     """k per voxel from 10-40 random, possibly overlapping boxes (later boxes overwrite earlier ones)."""
-    label = np.zeros([int(p) for p in patch], dtype=np.int64)
+    label = np.zeros([int(p) for p in patch], dtype=LABEL_DTYPE)
     for _ in range(int(rng.integers(PAPER_BOXES[0], PAPER_BOXES[1] + 1))):
         size = [int(rng.integers(min(lo, p), min(hi, p) + 1)) for lo, hi, p in zip(PAPER_BOX_MIN, PAPER_BOX_MAX, patch)]
         start = [int(rng.integers(0, p - s + 1)) for p, s in zip(patch, size)]
