@@ -147,20 +147,72 @@ def test_loader_on_or_off_trains_the_same_model_and_the_run_records_it(tmp_path,
 
 # --- the benchmark suite --------------------------------------------------------------------------------------
 
-def test_gpu_suite_runs_end_to_end_in_smoke_mode(tmp_path, hippocampus_dir):
+def _suite_module():
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import gpu_suite
+
+    return gpu_suite
+
+
+def test_gpu_suite_runs_every_section_in_smoke_mode_and_writes_each_line(tmp_path, hippocampus_dir):
     out = tmp_path / "suite"
     done = subprocess.run([sys.executable, os.path.join(REPO, "bench", "gpu_suite.py"), "--data", hippocampus_dir,
                            "--out", str(out), "--smoke"], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": REPO}, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in results["pretraining"]] == ["s3d", "volf"]
-    assert all(r["steps_per_s"] > 0 for r in results["pretraining"])
-    assert [r["run"] for r in results["time_to_dice"]] == ["scratch", "backbone"]
-    assert all(0.0 <= r["test_dice"]["mean"] <= 1.0 and r["history"] for r in results["time_to_dice"])
-    assert [r["run"] for r in results["data_wait"]] == ["loader-off", "loader-on"]
-    assert [r["data_loader"]["workers"] for r in results["data_wait"]] == [0, 2]
-    assert results["prediction"]["ratio"] > 0 and results["prediction"]["volume"] == [40, 40, 40]
-    table = (out / "results.md").read_text()
-    assert "| loader-on |" in table and "| s3d |" in table and "plain MONAI" in table
-    assert sorted(os.listdir(out / "logs"))[:2] == ["backbone.log", "loader-off.log"]
+                          env={**os.environ, "PYTHONPATH": REPO}, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    sections = [line["section"] for line in lines]
+    assert sections == ["machine", *[name for name, _ in _suite_module().SECTIONS], "total"]
+    assert all(line.get("status") in (None, "ok") for line in lines), [l for l in lines if l.get("status")]
+    by = {line["section"]: line for line in lines}
+    assert by["machine"]["smoke"] and by["machine"]["gpu"] == "no GPU"
+    assert by["finetune-memory"]["steps"] == 3 and by["finetune-memory"]["precision"] == "float32"
+    assert all(by[f"pretrain-{m}"]["steps_per_s"] > 0 and by[f"pretrain-{m}"]["backbone_written"]
+               for m in ("s3d", "volf"))
+    assert by["predict-tta-uncertainty"]["files"] == 6  # 2 cases x (labels, .seg.nrrd, uncertainty map)
+    assert by["rank"]["ranked"] == 2 and by["slicer-job"]["job_status"] == "succeeded"
+    assert by["slicer-job"]["device"] == ["cpu"]
+    ttd = by["time-to-dice"]
+    assert ttd["steps"] == 4 and ttd["test_cases"] == 2 and set(ttd["per_label"]) == {"Anterior", "Posterior"}
+    assert by["prediction-256"]["volume"] == [40, 40, 40] and by["prediction-256"]["window_batch"] == 2
+    assert set(by["prediction-256"]["goals"]) == {"peak_reserved_gb", "sslseg_warm_s", "ratio_warm"}
+    assert "[ok] prediction-256" in done.stdout and os.path.isfile(out / "logs" / "time-to-dice.log")
+
+
+def test_a_failed_section_is_recorded_at_once_and_the_goals_are_judged(tmp_path):
+    suite = _suite_module()
+    record = suite.Record(str(tmp_path), {"smoke": False})
+    settings = dict(suite.FULL, judge=True)
+    context = {"settings": settings, "left": lambda: 1000.0}
+
+    def broken(_):
+        assert [json.loads(l)["section"] for l in (tmp_path / "results.jsonl").read_text().splitlines()] == \
+            ["machine"]
+        raise RuntimeError("no kernel image is available")
+
+    suite.run_section("rank", broken, context, record)
+    suite.run_section("prediction-256", lambda _: {"peak_reserved_gb": 3.2, "sslseg_warm_s": 6.0,
+                                                   "ratio_warm": 1.4}, context, record)
+    context["left"] = lambda: 10.0
+    suite.run_section("time-to-dice", lambda _: {}, context, record)
+    lines = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert lines[1]["status"] == "failed" and "no kernel image" in lines[1]["error"]
+    assert lines[2]["goals"]["peak_reserved_gb"].startswith("PASS")
+    assert lines[2]["goals"]["sslseg_warm_s"] == "FAIL (6.0 <= 5.0)" and lines[2]["goals"]["ratio_warm"][:4] == "PASS"
+    assert lines[3]["status"] == "skipped"
+
+
+def test_children_keep_the_callers_pythonpath_and_the_bundle_holds_the_suites_cases(tmp_path, monkeypatch,
+                                                                                   hippocampus_dir):
+    suite = _suite_module()
+    monkeypatch.setenv("PYTHONPATH", "/opt/site-packages")
+    assert suite.child_env()["PYTHONPATH"] == REPO + os.pathsep + "/opt/site-packages"
+    assert suite.use_bundle(str(tmp_path)) == os.path.join(str(tmp_path), "Task04_Hippocampus")  # all importable
+    import gpu_prepare
+
+    target = tmp_path / "Task04_Hippocampus"
+    assert gpu_prepare.copy_cases(hippocampus_dir, str(target), 0) == 40
+    train, _, test, _ = suite.split(str(target), suite.FULL, 0)
+    expected, _, expected_test, _ = suite.split(hippocampus_dir, suite.FULL, 0)
+    assert [os.path.basename(p[0]) for p in train + test] == [os.path.basename(p[0]) for p in expected + expected_test]
+    assert gpu_prepare.folder_mb(str(target)) < 6
