@@ -2,7 +2,7 @@
 run's final Dice on the test cases as a marker at the end (runs without a history, such as the plain MONAI script,
 show only that marker).
 
-    python bench/plot_time_to_dice.py docs/results/cpu_target_sequential.jsonl docs/results/finetune_backbone.jsonl \
+    python bench/plot_time_to_dice.py docs/results/cpu_target_sequential.jsonl docs/results/finetune_s3d_backbone.jsonl \
         --out docs/time_to_dice_cpu.png
 """
 

@@ -145,8 +145,6 @@ class BatchFeed:
         self.sampler = sampler
         self.device = device
         self.workers = loader_workers(device) if workers is None else int(workers)
-        if not hasattr(sampler, "batch_for_step"):
-            self.workers = 0  # only step-indexed batches can be built in other processes
         self.pin_memory = getattr(device, "type", str(device)) == "cuda"
         self.next_step = int(first_step)
         self.clock = DataWait(device)
@@ -163,10 +161,7 @@ class BatchFeed:
             if got != step:
                 raise RuntimeError(f"the data loader delivered step {got} for step {step}")
             return images, labels
-        if hasattr(self.sampler, "batch_for_step"):
-            images, labels = self.sampler.batch_for_step(step)
-        else:  # a sampler without step-indexed batches: its own sequence (in the training thread only)
-            images, labels = self.sampler.next_batch()
+        images, labels = self.sampler.batch_for_step(step)
         if self.pin_memory:
             images, labels = images.pin_memory(), labels.pin_memory()
         return images, labels
