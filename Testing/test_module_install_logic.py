@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from SSLSegmentationLib.installLogic import InstallError, InstallLogic, Requirement
+from SSLCommonLib.installLogic import InstallError, InstallLogic, Requirement
 
 
 def _forbidden(*args, **kwargs):
@@ -50,7 +50,7 @@ def test_engine_requirements_are_satisfied_in_this_venv(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", noNetwork)
     monkeypatch.setattr(socket, "create_connection", noNetwork)
-    logic = InstallLogic.forEngine(pipInstall=_forbidden, confirm=_forbidden, installTorch=_forbidden,
+    logic = InstallLogic.forEngine("Test", pipInstall=_forbidden, confirm=_forbidden, installTorch=_forbidden,
                                    askRestart=_forbidden)
     assert logic.missing() == (False, [], [])
     assert logic.missingDescription() == ""
@@ -167,7 +167,7 @@ def test_too_old_torch_fails_the_check_and_offers_the_upgrade(fakeSite, monkeypa
     _installFake(fakeSite, "torch", "2.1.0")
     confirm, restart = Recorder(), Recorder()
     installTorch = Recorder(effect=lambda requirement: _replaceFake(fakeSite, "torch", TORCH_MINIMUM + ".0"))
-    logic = InstallLogic.forEngine(pipInstall=_forbidden, confirm=confirm, installTorch=installTorch,
+    logic = InstallLogic.forEngine("Test", pipInstall=_forbidden, confirm=confirm, installTorch=installTorch,
                                    askRestart=restart)
     assert logic.torchRequirement == ">=" + TORCH_MINIMUM == ">=2.5"
     assert logic.missing() == (True, [], []) and logic.torchTooOld() == "2.1.0"
@@ -202,7 +202,7 @@ class _PyTorchUtilsStandIn:
 
 
 def test_pytorch_extension_upgrades_a_too_old_torch(fakeSite, monkeypatch):
-    from SSLSegmentationLib.installLogic import installTorchWithPyTorchUtils
+    from SSLCommonLib.installLogic import installTorchWithPyTorchUtils
 
     standIn = _PyTorchUtilsStandIn(fakeSite, installs="2.6.0")
     monkeypatch.setitem(sys.modules, "PyTorchUtils", standIn)

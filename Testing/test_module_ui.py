@@ -14,7 +14,7 @@ MODULE = os.path.join(REPO_ROOT, "SSLSegmentation")
 UI_FILE = os.path.join(MODULE, "Resources", "UI", "SSLSegmentation.ui")
 # the panel code, with the base class both modules' panels share
 CODE_FILES = [os.path.join(MODULE, "SSLSegmentation.py"), os.path.join(MODULE, "SSLSegmentationLib", "widget.py"),
-              os.path.join(MODULE, "SSLSegmentationLib", "panelBase.py")]
+              os.path.join(REPO_ROOT, "SSLCommon", "SSLCommonLib", "panelBase.py")]
 
 # what the widget code calls on each widget, by class (so that e.g. .currentNode() is not used on a QComboBox)
 QT_OR_SLICER = re.compile(r"^(Q|q|ctk)\w+$")
@@ -97,7 +97,7 @@ def test_parameter_bindings_name_parameters_of_a_fitting_type(slicer_harness):
     """Every bound widget names a parameter that Slicer's GUI connectors can represent: the right widget class for
     its type, never an Optional ("auto" = None parameters are bound by the widget code), and a spin box range equal
     to the WithinRange validator (Slicer's connector sets the spin box's range from it)."""
-    from SSLSegmentationLib.parameterFields import WithinRange
+    from SSLCommonLib.parameterFields import WithinRange
 
     parameters = _parameters()
     fits = {int: {"QSpinBox", "ctkSliderWidget"}, float: {"QDoubleSpinBox", "ctkSliderWidget"},

@@ -42,7 +42,7 @@ def _loadPair(hippocampus_dir, case, terminology=None):
     import slicer
 
     from sslseg.imageio import read_image
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     volume = slicer.util.loadVolume(_image(hippocampus_dir, case))
     labelArray, _ = read_image(os.path.join(hippocampus_dir, "labelsTr", f"{case}.nii.gz"))
@@ -53,7 +53,7 @@ def _loadPair(hippocampus_dir, case, terminology=None):
 
 
 def _terminologies(segmentationNode):
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     segmentation = segmentationNode.GetSegmentation()
     return {segmentation.GetNthSegment(i).GetName(): nodeBridge.segmentTerminology(segmentation.GetNthSegment(i))
@@ -62,7 +62,7 @@ def _terminologies(segmentationNode):
 
 def _mask(segmentationNode, name, volume):
     """The named segment rasterised on the volume's grid (the scene is left as it was)."""
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     labelArray, _ = nodeBridge.segmentationToLabelArray(segmentationNode, volume, [name])
     return labelArray
@@ -152,7 +152,7 @@ def test_terminology_survives_training_model_and_prediction(slicer_scene, hippoc
 def _userSegmentation(volume):
     """A segmentation the user made on ``volume``: "Anterior" (to be replaced), "Lesion" overlapping it (in the
     same labelmap layer), "Notes" elsewhere, each with its own colour; Lesion with a terminology."""
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     shape = tuple(reversed(volume.GetImageData().GetDimensions()))
     labels = np.zeros(shape, np.uint8)
@@ -206,7 +206,7 @@ def test_written_segments_may_cover_the_users_others(slicer_scene):
     the replaced one), those segments still keep every voxel; the written ones hold exactly the new labels."""
     import slicer
 
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     volume = slicer.util.addVolumeFromArray(np.zeros((20, 30, 40), np.float32), name="grid")
     user = np.zeros((20, 30, 40), np.uint8)
@@ -227,7 +227,7 @@ def test_written_segments_may_cover_the_users_others(slicer_scene):
 def test_write_into_refuses_a_closed_surface_segmentation(slicer_scene, hippocampus_dir):
     import slicer
 
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     volume = slicer.util.loadVolume(_image(hippocampus_dir, TEST_CASES[0]))
     user = _userSegmentation(volume)

@@ -1,7 +1,7 @@
 """The module panel: Qt wiring only. Every action calls ``SSLPretrainLogic`` (the same calls work in the Python
 console); the run is a background process polled by a timer, so Slicer stays responsive. The panel base, live
-chart and install check are shared with SSLSegmentation (``SSLSegmentationLib``). The SSL Segmentation panel lists
-a new backbone when it is next entered.
+chart and install check are shared with SSLSegmentation (the library ``SSLCommonLib``). The SSL Segmentation panel
+lists a new backbone when it is next entered.
 
 Runs inside Slicer only (Qt, CTK and MRML widgets). The widget names used here exist in
 ``Resources/UI/SSLPretrain.ui`` (checked by the tests).
@@ -15,10 +15,10 @@ import vtk
 
 from sslseg.errors import UserError
 
-from SSLSegmentationLib.installLogic import InstallLogic
-from SSLSegmentationLib.panelBase import ModulePanelBase, formatSeconds
-from SSLSegmentationLib.processRunner import ProcessFailed
-from SSLSegmentationLib.progressChart import ProgressChart
+from SSLCommonLib.installLogic import InstallLogic
+from SSLCommonLib.panelBase import ModulePanelBase, formatSeconds
+from SSLCommonLib.processRunner import ProcessFailed
+from SSLCommonLib.progressChart import ProgressChart
 
 from .parameters import SSLPretrainParameterNode
 from .pretrainLogic import LOSS_CURVES, SSLPretrainLogic

@@ -15,12 +15,13 @@ import slicer
 
 from sslseg.errors import UserError
 
-from .installLogic import InstallLogic
+from SSLCommonLib.installLogic import InstallLogic
+from SSLCommonLib.panelBase import ModulePanelBase, formatSeconds
+from SSLCommonLib.processRunner import ProcessFailed
+from SSLCommonLib.progressChart import ProgressChart
+
 from .modelStore import checkModelName
-from .panelBase import ModulePanelBase, formatSeconds
 from .parameters import SSLSegmentationParameterNode
-from .processRunner import ProcessFailed
-from .progressChart import ProgressChart
 from .resultNodes import perSegmentText, showUncertainty, summaryText, uncertaintyOf
 from .segmentationLogic import SSLSegmentationLogic, presetNote
 

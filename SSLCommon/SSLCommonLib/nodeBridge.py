@@ -10,7 +10,7 @@ that other modules add meanwhile are left alone.
 
 Console examples (Slicer's Python console)::
 
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
     volume = getNode("hippocampus_006")
     array, geometry = nodeBridge.volumeToArray(volume)
     labels, names = nodeBridge.segmentationToLabelArray(getNode("Segmentation"), volume, ["Anterior", "Posterior"])

@@ -20,8 +20,8 @@ tests and console scripts can run the same logic without Slicer's dialogs. Insid
 
 Example (Slicer's Python console)::
 
-    from SSLSegmentationLib.installLogic import InstallLogic
-    logic = InstallLogic.forEngine()
+    from SSLCommonLib.installLogic import InstallLogic
+    logic = InstallLogic.forEngine("SSLSegmentation")
     logic.missingDescription()      # "" when everything is installed
     logic.ensure()                  # asks once, installs, may offer a restart; returns True when ready
 """
@@ -114,7 +114,7 @@ class InstallLogic:
         self.askRestart = askRestart or slicerAskRestart
 
     @classmethod
-    def forEngine(cls, requester="SSLSegmentation", **collaborators):
+    def forEngine(cls, requester, **collaborators):
         """The packages the ``sslseg`` engine needs (``sslseg/requirements.py``)."""
         from sslseg import requirements as engine
 

@@ -1,19 +1,22 @@
-"""Background jobs shared by the SSLSegmentation and SSLPretrain logics: one engine command in a child process
-(:class:`Job`), one job at a time per logic (:class:`JobOwner`), and the temporary work folders that carry scene
-data out to the child process.
+"""Background jobs for a module's logic: one engine command in a child process (:class:`Job`), one job at a time
+per logic (:class:`JobOwner`), and the temporary work folders that carry scene data out to the child process.
 
-A work folder is named ``<prefix><pid>-<random>`` after the Slicer process that made it, under Slicer's temporary
-path. Scene data exported for a run (patient volumes) lives there only while the run does: the job removes it when
-it ends, and :func:`removeStaleWorkFolders`, called when a logic is created, removes what a crashed Slicer left
-behind. A folder that holds a finished model (``<folder>/<sub>/model.json``) is never removed: a finished model is
-never thrown away.
+Nothing here names a module: a logic is a :class:`JobOwner` with its ``moduleName`` ("SSLSegmentation",
+"SSLPretrain"), which prefixes its work folders and its log lines.
+
+A work folder is named ``<moduleName>-<purpose>-<pid>-<random>`` after the Slicer process that made it, under
+Slicer's temporary path. Scene data exported for a run (patient volumes) lives there only while the run does: the job
+removes it when it ends, and :func:`removeStaleWorkFolders`, called when a logic is created, removes what a crashed
+Slicer left behind. A folder that holds a finished model (``<folder>/<sub>/model.json``) is never removed: a
+finished model is never thrown away.
 
 Console::
 
-    from SSLSegmentationLib.jobs import Job, removeStaleWorkFolders
-    job = Job("download", ["models", "download", "ResEncL-OpenMind-S3D", "--progress", "json"]).start()
+    from SSLCommonLib.jobs import Job, removeStaleWorkFolders
+    job = Job("download", ["models", "download", "ResEncL-OpenMind-S3D", "--progress", "json"],
+              moduleName="SSLSegmentation").start()
     job.waitForCompletion()
-    removeStaleWorkFolders()       # -> the folders it removed
+    removeStaleWorkFolders("SSLSegmentation")       # -> the folders it removed
 """
 
 from __future__ import annotations
@@ -29,10 +32,8 @@ from sslseg.errors import UserError
 
 from .processRunner import ProcessCancelled, ProcessFailed, ProcessRunner, pythonModuleCommand
 
-WORK_FOLDER_PREFIXES = ("SSLSegmentation-", "SSLPretrain-")
 STALE_AFTER_SECONDS = 24 * 3600
 HEARTBEAT_SECONDS = 60  # a running job touches its work folder this often, so that it never looks stale
-_OWNER_PID = re.compile(r"^SSL(?:Segmentation|Pretrain)-(?:[A-Za-z]+-)?(\d+)-")
 _ACTIVE_WORK_FOLDERS = set()  # work folders of this process's jobs that have not ended
 
 
@@ -54,7 +55,8 @@ def temporaryParent():
 
 
 def makeTemporaryFolder(prefix):
-    """A new work folder ``<prefix><pid>-<random>`` under :func:`temporaryParent`."""
+    """A new work folder ``<prefix><pid>-<random>`` under :func:`temporaryParent` (``prefix``: see
+    :meth:`JobOwner.makeWorkFolder`)."""
     parent = temporaryParent()
     os.makedirs(parent, exist_ok=True)
     return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
@@ -96,20 +98,26 @@ def holdsFinishedModel(folder):
     return None
 
 
-def _isStale(entry, now, maxAge):
+def _ownerPid(moduleName):
+    """The pattern of ``moduleName``'s work folder names; group 1 is the id of the Slicer process that made it."""
+    return re.compile(rf"^{re.escape(moduleName)}-(?:[A-Za-z]+-)?(\d+)-")
+
+
+def _isStale(entry, ownerPid, now, maxAge):
     if os.path.abspath(entry.path) in _ACTIVE_WORK_FOLDERS:
         return False
-    match = _OWNER_PID.match(entry.name)
+    match = ownerPid.match(entry.name)
     if match and not processAlive(int(match.group(1))):
         return True
     return now - entry.stat(follow_symlinks=False).st_mtime > maxAge
 
 
-def removeStaleWorkFolders(parent=None, maxAge=STALE_AFTER_SECONDS, now=None):
-    """Remove the work folders under ``parent`` (default :func:`temporaryParent`) whose Slicer process has ended,
-    or that no running job has touched for ``maxAge`` seconds. Folders of this process's running jobs and folders
-    holding a finished model are kept (the latter are logged). Returns the removed paths."""
+def removeStaleWorkFolders(moduleName, parent=None, maxAge=STALE_AFTER_SECONDS, now=None):
+    """Remove ``moduleName``'s work folders under ``parent`` (default :func:`temporaryParent`) whose Slicer process
+    has ended, or that no running job has touched for ``maxAge`` seconds. Folders of this process's running jobs and
+    folders holding a finished model are kept (the latter are logged). Returns the removed paths."""
     parent = parent or temporaryParent()
+    prefix, ownerPid = moduleName + "-", _ownerPid(moduleName)
     now = time.time() if now is None else now
     removed = []
     try:
@@ -117,21 +125,21 @@ def removeStaleWorkFolders(parent=None, maxAge=STALE_AFTER_SECONDS, now=None):
     except OSError:
         return removed
     for entry in entries:
-        if not entry.name.startswith(WORK_FOLDER_PREFIXES) or not entry.is_dir(follow_symlinks=False):
+        if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
             continue
         try:
-            if not _isStale(entry, now, maxAge):
+            if not _isStale(entry, ownerPid, now, maxAge):
                 continue
         except OSError:
             continue
         model = holdsFinishedModel(entry.path)
         if model:
-            logging.warning("SSLSegmentation: a finished model is kept in %s (add it with 'Import model')", model)
+            logging.warning("%s: a finished model is kept in %s (add it with 'Import model')", moduleName, model)
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.path)
     if removed:
-        logging.info("SSLSegmentation: removed %d work folder(s) left by ended runs: %s", len(removed),
+        logging.info("%s: removed %d work folder(s) left by ended runs: %s", moduleName, len(removed),
                      ", ".join(removed))
     return removed
 
@@ -149,11 +157,14 @@ class Job:
     """One background run (fine-tuning, segmentation, download). ``status``: "running", "succeeded", "failed",
     "cancelled"; ``result`` (model path, segmentation node, ...) when succeeded; ``errorMessage`` otherwise.
 
-    Callbacks: ``onEvent(event)`` (JSON progress events), ``onLog(text)``, ``onFinished(job)``. ``complete(done)``
-    turns the engine's "done" event into the result; raising :class:`ResultKept` there keeps the work folder."""
+    ``moduleName`` starts its log lines. Callbacks: ``onEvent(event)`` (JSON progress events), ``onLog(text)``,
+    ``onFinished(job)``. ``complete(done)`` turns the engine's "done" event into the result; raising
+    :class:`ResultKept` there keeps the work folder."""
 
-    def __init__(self, kind, args, workFolder=None, complete=None, onEvent=None, onLog=None, onFinished=None):
+    def __init__(self, kind, args, moduleName, workFolder=None, complete=None, onEvent=None, onLog=None,
+                 onFinished=None):
         self.kind = kind
+        self.moduleName = moduleName
         self.workFolder = os.path.abspath(workFolder) if workFolder else None
         self._complete = complete
         self.onFinished = onFinished
@@ -222,7 +233,7 @@ class Job:
                 try:
                     self.onFinished(self)
                 except Exception:  # noqa: BLE001
-                    logging.exception("SSLSegmentation: onFinished callback failed")
+                    logging.exception("%s: onFinished callback failed", self.moduleName)
 
     def _useResult(self, done):
         """Status and result from the "done" event; True when the work folder must be kept."""
@@ -232,12 +243,12 @@ class Job:
             return False
         except ResultKept as error:
             self.status, self.errorMessage, self.keptPath = "failed", str(error), error.path
-            logging.error("SSLSegmentation: %s", error)
+            logging.error("%s: %s", self.moduleName, error)
             if self.onLog:
                 self.onLog(str(error))
             return True
         except Exception as error:  # noqa: BLE001 - importing the result failed: report, keep nothing
-            logging.exception("SSLSegmentation: %s result could not be used", self.kind)
+            logging.exception("%s: %s result could not be used", self.moduleName, self.kind)
             self.status, self.errorMessage = "failed", str(error)
             return False
 
@@ -253,9 +264,22 @@ class Job:
 
 
 class JobOwner:
-    """One background job at a time: what the logics of both modules share."""
+    """One background job at a time: what a module's logic inherits. Subclasses set ``moduleName``."""
 
+    moduleName = None
     currentJob = None
+
+    def makeWorkFolder(self, purpose=""):
+        """A new work folder ``<moduleName>-<purpose>-<pid>-<random>`` (see the module docstring)."""
+        return makeTemporaryFolder(f"{self.moduleName}-{purpose + '-' if purpose else ''}")
+
+    def removeStaleWorkFolders(self):
+        """This module's work folders left by ended runs (see :func:`removeStaleWorkFolders`)."""
+        return removeStaleWorkFolders(self.moduleName)
+
+    def newJob(self, kind, args, **options):
+        """A :class:`Job` (not started) that logs as this module."""
+        return Job(kind, args, self.moduleName, **options)
 
     def _refuseIfRunning(self):
         job = self.currentJob

@@ -1,4 +1,5 @@
-"""The extension's Slicer settings (kept in Slicer's settings file, across sessions):
+"""The extension's Slicer settings (kept in Slicer's settings file, across sessions, under the extension's name
+``SSLSegmentation/``; both modules read the same ones):
 
 - ``SSLSegmentation/HomeFolder``: the engine's home: backbone cache and, unless set below, the models folder. It
   becomes ``SSLSEG_HOME`` for this Slicer and the background processes it starts.
@@ -7,7 +8,7 @@
 
 Console::
 
-    from SSLSegmentationLib import settings
+    from SSLCommonLib import settings
     settings.writeSetting("HomeFolder", "D:/sslseg")     # takes effect at once (and in later sessions)
     settings.readSetting("Device")
 
