@@ -21,6 +21,7 @@ Console::
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ from .processRunner import ProcessCancelled, ProcessFailed, ProcessRunner, pytho
 STALE_AFTER_SECONDS = 24 * 3600
 HEARTBEAT_SECONDS = 60  # a running job touches its work folder this often, so that it never looks stale
 _ACTIVE_WORK_FOLDERS = set()  # work folders of this process's jobs that have not ended
+_RUNNING_JOBS = set()  # this process's started jobs that have not ended (ended when the application quits)
 
 
 def engineCommand(args):
@@ -173,6 +175,8 @@ class Job:
         self.errorMessage = None
         self.keptPath = None  # where a finished result was kept when it could not be put in place
         self.status = "running"
+        self.endReason = None  # why the job was ended without a Cancel: "the scene was closed", ...
+        self._whenEnded = []  # callables run once when the process has ended, before onFinished
         self._lastHeartbeat = 0.0
         if self.workFolder:
             _ACTIVE_WORK_FOLDERS.add(self.workFolder)
@@ -208,7 +212,12 @@ class Job:
             self.status, self.errorMessage = "failed", str(error)
             self._removeWorkFolder()
             raise
+        _RUNNING_JOBS.add(self)
         return self
+
+    def whenEnded(self, callback):
+        """Call ``callback()`` once when the process has ended, whatever the outcome (before ``onFinished``)."""
+        self._whenEnded.append(callback)
 
     def poll(self):
         return self.runner.poll()
@@ -217,7 +226,24 @@ class Job:
         self.runner.cancel()
         self.runner.poll()
 
+    def end(self, reason):
+        """End the run as Cancel does (process tree killed, nothing registered or added to the scene, work folder
+        removed), because of ``reason`` ("the scene was closed", ...), which is logged and kept in ``endReason``."""
+        if self.status != "running":
+            return
+        self.endReason = reason
+        logging.warning("%s: %s ended because %s", self.moduleName, self.kind, reason)
+        if self.onLog:
+            self.onLog(f"{self.kind} ended because {reason}")
+        self.cancel()
+
     def _processFinished(self, runner):
+        _RUNNING_JOBS.discard(self)
+        for callback in self._whenEnded:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - the run's outcome must still be reported
+                logging.exception("%s: clean-up after %s failed", self.moduleName, self.kind)
         keep = False
         try:
             if runner.status == "succeeded":
@@ -263,8 +289,31 @@ class Job:
         return self.result
 
 
+def endRunningJobs(reason="the application quit"):
+    """End every job of this process that still runs (see :meth:`Job.end`); called when the application quits, so
+    that no training process outlives Slicer (the runner starts it in a session of its own, which would not get
+    Slicer's end)."""
+    for job in list(_RUNNING_JOBS):
+        job.end(reason)
+
+
+atexit.register(endRunningJobs)
+
+
+def _currentScene():
+    """``slicer.mrmlScene`` where there is one (Slicer, the test harness), else None."""
+    try:
+        import slicer
+    except ImportError:
+        return None
+    return getattr(slicer, "mrmlScene", None)
+
+
 class JobOwner:
-    """One background job at a time: what a module's logic inherits. Subclasses set ``moduleName``."""
+    """One background job at a time: what a module's logic inherits. Subclasses set ``moduleName``.
+
+    A started job ends (as on Cancel) when the scene starts closing: its inputs came from that scene and its
+    result would go into the next one. Nothing is then added to either scene."""
 
     moduleName = None
     currentJob = None
@@ -293,10 +342,22 @@ class JobOwner:
             job._removeWorkFolder()  # the refused job's inputs were already written out
             raise
         self.currentJob = job
-        if waitForCompletion:
-            job.start(autoPoll=False)
-            return job.waitForCompletion()
-        return job.start()
+        job.start(autoPoll=False if waitForCompletion else None)
+        self._endWithScene(job)
+        return job.waitForCompletion() if waitForCompletion else job
+
+    @staticmethod
+    def _endWithScene(job):
+        scene = _currentScene()
+        if scene is None or not hasattr(scene, "StartCloseEvent"):
+            return
+        tag = scene.AddObserver(scene.StartCloseEvent, lambda caller, event: job.end("the scene was closed"))
+        job.whenEnded(lambda: scene.RemoveObserver(tag))
+
+    def endRun(self, reason):
+        """End the running job, if any, because of ``reason`` (the panel: the module was left or closed)."""
+        if self.currentJob is not None:
+            self.currentJob.end(reason)
 
     def cancel(self):
         """Cancel the running job: its process tree is killed; nothing is registered or added to the scene."""
