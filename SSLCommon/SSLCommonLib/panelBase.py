@@ -99,8 +99,8 @@ class ModulePanelBase(VTKObservationMixin):
 
     def cleanup(self):
         self.logic.endRun("the module was closed")  # a closing Slicer must not leave a training process behind
-        self.removeObservers()
         self.setParameterNode(None)
+        self.removeObservers()
 
     def enter(self):
         self.initializeParameterNode()
