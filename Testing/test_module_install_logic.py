@@ -91,7 +91,7 @@ def test_install_order_no_deps_and_host_pins(fakeSite):
         for spec in specs:
             _installFake(fakeSite, spec.split(">")[0].split("<")[0])
 
-    torch = Recorder()
+    torch = Recorder(effect=lambda requirement: _installFake(fakeSite, "torch", "999.0"))
     requirements = [Requirement("sslseg_fake_a", "sslseg-fake-a>=1"),
                     Requirement("sslseg_fake_b", "sslseg-fake-b>=0.5,<2", noDeps=True)]
     logic = InstallLogic(requirements, torchRequirement=">=999", pipInstall=pip, confirm=Recorder(),
@@ -217,3 +217,84 @@ def test_pytorch_extension_upgrades_a_too_old_torch(fakeSite, monkeypatch):
     monkeypatch.setitem(sys.modules, "PyTorchUtils", _PyTorchUtilsStandIn(fakeSite, installs="2.4.1"))
     with pytest.raises(InstallError, match=r"installed torch 2\.4\.1, but this extension needs torch>=2\.5"):
         installTorchWithPyTorchUtils(">=2.5")
+
+
+def _installFakeWithDependencies(sitePath, distribution, requires, version="1.0"):
+    _installFake(sitePath, distribution, version)
+    info = sitePath / f"{distribution.replace('-', '_')}-{version}.dist-info"
+    with open(info / "METADATA", "a") as stream:
+        stream.write("".join(f"Requires-Dist: {line}\n" for line in requires))
+
+
+def test_the_whole_install_is_verified(fakeSite):
+    """pip_ensure's skip_packages installed each package and dependency on its own with --no-deps and only logged
+    the failures: a package without its dependencies then looked installed. Now what was installed is verified with
+    its declared dependencies (and theirs), whatever pip reported."""
+    def pipWithoutADependency(specs, noDeps, constraints, requester):
+        _installFakeWithDependencies(fakeSite, "sslseg-fake-top", [
+            "sslseg-fake-middle>=2", "sslseg-fake-windows-only; sys_platform == 'nonexistent'",
+            "sslseg-fake-extra-only; extra == 'gpu'"])
+        _installFakeWithDependencies(fakeSite, "sslseg-fake-middle", ["sslseg-fake-leaf<1"], version="2.1")
+        _installFake(fakeSite, "sslseg-fake-leaf", "1.5")  # present, but outside its range
+
+    logic = InstallLogic([Requirement("sslseg_fake_top", "sslseg-fake-top>=1")], requester="Test",
+                         pipInstall=pipWithoutADependency, confirm=Recorder(), installTorch=_forbidden,
+                         askRestart=_forbidden)
+    with pytest.raises(InstallError) as error:
+        logic.ensure()
+    message = str(error.value)
+    assert "sslseg-fake-leaf<1 needed by sslseg-fake-middle (1.5)" in message
+    assert "windows-only" not in message and "extra-only" not in message  # markers that do not apply here
+    # complete once the dependency is right; a no-deps requirement's declared dependencies are not asked for
+    (fakeSite / "sslseg_fake_leaf-1.5.dist-info" / "METADATA").unlink()
+    (fakeSite / "sslseg_fake_leaf-1.5.dist-info").rmdir()
+    _installFake(fakeSite, "sslseg-fake-leaf", "0.9")
+    assert logic.verify(installed=logic.requirements) == []
+    noDeps = Requirement("sslseg_fake_nodeps", "sslseg-fake-nodeps", noDeps=True)
+    _installFakeWithDependencies(fakeSite, "sslseg-fake-nodeps", ["sslseg-fake-absent"])
+    assert InstallLogic([noDeps], requester="Test").verify(installed=[noDeps]) == []
+
+
+def test_a_replaced_host_package_fails_the_verification(fakeSite):
+    import numpy
+
+    def pipThatUpgradesNumpy(specs, noDeps, constraints, requester):
+        _installFake(fakeSite, "sslseg-fake-x")
+        _installFake(fakeSite, "numpy", "999.0")  # what the constraints file is there to prevent
+
+    logic = InstallLogic([Requirement("sslseg_fake_x", "sslseg-fake-x")], requester="Test",
+                         pipInstall=pipThatUpgradesNumpy, confirm=Recorder(), installTorch=_forbidden,
+                         askRestart=_forbidden)
+    with pytest.raises(InstallError, match=f"Slicer's numpy {numpy.__version__} was replaced by 999.0"):
+        logic.ensure()
+
+
+def test_slicer_pip_ensure_gets_the_constraints_and_no_skip_packages(monkeypatch, tmp_path):
+    """Inside Slicer: Slicer's pip_ensure (its signature as in Slicer's slicer/packaging.py) is called once with the
+    constraints file, no skip_packages, and also under --testing; --no-deps packages go through pip_install."""
+    import slicer
+
+    from SSLCommonLib import installLogic
+
+    calls = []
+
+    def pip_ensure(requirements, constraints=None, skip_packages=None, prompt_install=True, prompt_restart=True,
+                   requester=None, skip_in_testing=True, show_progress=True):
+        calls.append(("pip_ensure", [str(r) for r in requirements], constraints, skip_packages, prompt_install,
+                      prompt_restart, requester, skip_in_testing))
+
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_ensure = pip_ensure
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda args: calls.append(("pip_install", args)))
+    installLogic.slicerPipInstall(["monai>=1.4", "einops"], constraints="c.txt", requester="SSLSegmentation")
+    installLogic.slicerPipInstall(["dynamic-network-architectures>=0.4.4,<0.5"], noDeps=True, constraints="c.txt")
+    assert calls == [("pip_ensure", ["monai>=1.4", "einops"], "c.txt", None, False, False, "SSLSegmentation", False),
+                     ("pip_install", ["--no-deps", "-c", "c.txt", "dynamic-network-architectures>=0.4.4,<0.5"])]
+    # no slicer.packaging (Slicer before it): pip_install with the constraints
+    monkeypatch.delitem(sys.modules, "slicer.packaging")
+    monkeypatch.delattr(slicer, "packaging")
+    calls.clear()
+    installLogic.slicerPipInstall(["einops"], constraints="c.txt")
+    assert calls == [("pip_install", ["-c", "c.txt", "einops"])]
