@@ -165,15 +165,39 @@ def segmentIDsByName(segmentationNode, segmentNames=None):
 TERMINOLOGY_TAG = "TerminologyEntry"
 
 
+# Slicer's application setting for the terminology the Segment Editor gives every segment it adds (Application
+# settings > Segmentations), unless the segmentation node has a default terminology of its own
+DEFAULT_TERMINOLOGY_SETTING = "Segmentations/DefaultTerminologyEntry"
+
+
 def _placeholderTerminology():
     """The entry a new segment carries before anyone chooses one (Slicer's generic "Tissue"), or ""."""
     value = vtk.mutable("")
     return str(value) if slicer.vtkSegment().GetTag(TERMINOLOGY_TAG, value) else ""
 
 
-def segmentTerminology(segment):
-    """The segment's terminology entry string, or None when it has none or only the placeholder of new segments
-    (which says nothing about what the segment is).
+def _entryCodes(entry):
+    """The coded part of a terminology entry string (what follows ``|`` in a stored default is not a code)."""
+    return str(entry or "").split("|", 1)[0].strip()
+
+
+def defaultTerminologies(segmentationNode=None, settings=None):
+    """The entries a segment carries when nobody chose one for it: the placeholder of new segments, the
+    segmentation node's default terminology, and the user's default terminology (Slicer's setting
+    ``Segmentations/DefaultTerminologyEntry``), which the Segment Editor stamps on every segment it adds. As a set
+    of coded parts (``_entryCodes``). ``settings``: see ``SSLCommonLib.settings.readSlicerSetting``."""
+    from .settings import readSlicerSetting
+
+    entries = [_placeholderTerminology(), readSlicerSetting(DEFAULT_TERMINOLOGY_SETTING, settings)]
+    if segmentationNode is not None:
+        entries.append(slicer.vtkSlicerTerminologiesModuleLogic.GetDefaultTerminologyEntryAsString(segmentationNode))
+    return {_entryCodes(entry) for entry in entries if _entryCodes(entry)}
+
+
+def segmentTerminology(segment, defaults=None):
+    """The segment's terminology entry string, or None when it has none or only a default that says nothing about
+    what the segment is: ``defaults`` (from ``defaultTerminologies``; the placeholder of new segments when not
+    given).
 
     Example::
 
@@ -184,13 +208,16 @@ def segmentTerminology(segment):
     if segment is None or not segment.GetTag(TERMINOLOGY_TAG, value):
         return None
     entry = str(value)
-    return entry if entry and entry != _placeholderTerminology() else None
+    defaults = {_entryCodes(_placeholderTerminology())} if defaults is None else defaults
+    return entry if _entryCodes(entry) and _entryCodes(entry) not in defaults else None
 
 
-def segmentTerminologies(segmentationNode, segmentNames):
-    """``{name: terminology entry or None}`` for the named segments (see ``segmentTerminology``)."""
+def segmentTerminologies(segmentationNode, segmentNames, settings=None):
+    """``{name: terminology entry or None}`` for the named segments: None where the segment carries only a default
+    (see ``defaultTerminologies``)."""
     segmentation = segmentationNode.GetSegmentation()
-    return {name: segmentTerminology(segmentation.GetSegment(segmentID))
+    defaults = defaultTerminologies(segmentationNode, settings)
+    return {name: segmentTerminology(segmentation.GetSegment(segmentID), defaults)
             for name, segmentID in zip(segmentNames, segmentIDsByName(segmentationNode, segmentNames))}
 
 

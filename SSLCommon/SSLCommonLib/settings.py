@@ -37,13 +37,19 @@ def _store(settings):
         return None
 
 
+def readSlicerSetting(key, settings=None):
+    """Any of Slicer's settings by its full key (e.g. ``Segmentations/DefaultTerminologyEntry``) as a string, or
+    None when unset or outside Slicer."""
+    store = _store(settings)
+    value = store.value(key) if store is not None else None
+    return str(value) if value not in (None, "") else None
+
+
 def readSetting(name, settings=None):
     """The value of a setting of ``NAMES`` as a string, or None when unset."""
     if name not in NAMES:
         raise KeyError(f"unknown SSLSegmentation setting {name!r}; known: {', '.join(NAMES)}")
-    store = _store(settings)
-    value = store.value(PREFIX + name) if store is not None else None
-    return str(value) if value not in (None, "") else None
+    return readSlicerSetting(PREFIX + name, settings)
 
 
 def writeSetting(name, value, settings=None, environ=None):
