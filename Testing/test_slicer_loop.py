@@ -224,6 +224,71 @@ def test_written_segments_may_cover_the_users_others(slicer_scene):
         assert np.array_equal(_mask(node, entry["name"], volume) > 0, prediction == entry["value"]), entry["name"]
 
 
+def _linearTransform(scene, matrix, name):
+    import slicer
+
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(matrix))
+    return node
+
+
+def _worldCentroid(segmentationNode, segmentID):
+    """The world position (RAS mm) of a segment's voxels, read from its own labelmap and the segmentation's parent
+    transform (independent of the export that segmentationToLabelArray uses)."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    segmentationNode.GetBinaryLabelmapRepresentation(segmentID, image)
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    dims, extent = image.GetDimensions(), image.GetExtent()
+    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+    k, j, i = np.argwhere(voxels > 0).mean(axis=0)
+    local = slicer.util.arrayFromVTKMatrix(matrix) @ [i + extent[0], j + extent[2], k + extent[4], 1.0]
+    toWorld = vtk.vtkMatrix4x4()
+    segmentationNode.GetParentTransformNode().GetMatrixTransformToWorld(toWorld)
+    return (slicer.util.arrayFromVTKMatrix(toWorld) @ local)[:3]
+
+
+def test_write_into_a_segmentation_under_another_transform(slicer_scene):
+    """Slicer's labelmap import misplaces the voxels (by the difference of the two transforms) when the segmentation
+    and the labelmap have different parent transforms: written segments land where the volume's voxels are in the
+    world, whatever transforms the volume and the segmentation are under."""
+    import slicer
+
+    from SSLCommonLib import nodeBridge
+
+    ijkToRAS = np.diag([1.5, 1.0, 2.0, 1.0])
+    volume = slicer.util.addVolumeFromArray(np.zeros((20, 30, 40), np.float32), ijkToRAS=ijkToRAS, name="grid")
+    shift, other, turn = np.eye(4), np.eye(4), np.eye(4)
+    shift[:3, 3], other[:3, 3] = [10.0, -20.0, 5.0], [-4.0, 7.0, 11.0]
+    turn[:2, :2] = [[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]]
+    turn[:3, 3] = [3.0, 4.0, -7.0]
+    volume.SetAndObserveTransformNodeID(_linearTransform(slicer_scene, shift, "volume moved").GetID())
+    prediction = np.zeros((20, 30, 40), np.uint8)
+    prediction[5:9, 10:16, 20:30] = 1
+    expected = (shift @ ijkToRAS @ [24.5, 12.5, 6.5, 1.0])[:3]  # the box's centre (i, j, k) in the world
+    for matrix in (other, turn):  # translated only; rotated too
+        node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+        node.CreateDefaultDisplayNodes()
+        node.SetAndObserveTransformNodeID(_linearTransform(slicer_scene, matrix, "segmentation moved").GetID())
+        (segmentID,) = nodeBridge.writeLabelArrayInto(node, prediction, LABELS[:1], volume)
+        assert np.allclose(_worldCentroid(node, segmentID), expected, atol=1e-6)
+        if matrix is other:  # no rotation between the two: no resampling, the voxels come back exactly
+            back, _ = nodeBridge.segmentationToLabelArray(node, volume, ["Anterior"])
+            assert np.array_equal(back, prediction)
+
+    # a warped segmentation is refused before it changes
+    warped = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "warped")
+    grid = slicer_scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
+    warped.SetAndObserveTransformNodeID(grid.GetID())
+    with pytest.raises(UserError, match="non-linear transform"):
+        nodeBridge.writeLabelArrayInto(warped, prediction, LABELS[:1], volume)
+    assert warped.GetSegmentation().GetNumberOfSegments() == 0
+
+
 def test_write_into_refuses_a_closed_surface_segmentation(slicer_scene, hippocampus_dir):
     import slicer
 

@@ -363,14 +363,30 @@ def _contiguousLabels(labelArray, labels, referenceVolumeNode):
     return contiguous.astype(np.uint8 if len(values) < 256 else np.uint16), present
 
 
+def _toWorldMatrix(node):
+    """4x4 numpy matrix from the node's local coordinates to world RAS (its parent transforms); UserError when one
+    is not linear."""
+    transformNode = node.GetParentTransformNode()
+    if transformNode is None:
+        return np.eye(4)
+    if not transformNode.IsTransformToWorldLinear():
+        raise UserError(f"'{node.GetName()}' is under a non-linear transform ('{transformNode.GetName()}'). Harden "
+                        "the transform (Data module: right-click > Harden transform) first.")
+    toWorld = vtk.vtkMatrix4x4()
+    transformNode.GetMatrixTransformToWorld(toWorld)
+    return slicer.util.arrayFromVTKMatrix(toWorld)
+
+
 def _importLabels(contiguous, segmentationNode, segmentIDs, referenceVolumeNode, temporary):
-    """Import label i of ``contiguous`` (on the volume's grid, under its transform) into ``segmentIDs[i-1]``,
-    replacing what those segments held."""
+    """Import label i of ``contiguous`` (on the volume's grid) into ``segmentIDs[i-1]``, replacing what those
+    segments held. The labelmap is placed under the segmentation's own parent transform, with the volume's grid
+    expressed in the segmentation's local frame: Slicer's import does not place a labelmap correctly whose parent
+    transform differs from the segmentation's (its voxels end up offset by the difference), and with equal parents
+    the voxels stay exactly where the volume's are."""
+    ijkToLocal = np.linalg.inv(_toWorldMatrix(segmentationNode)) @ volumeIJKToWorldMatrix(referenceVolumeNode)
     labelmapNode = temporary.add("vtkMRMLLabelMapVolumeNode", "__sslseg_temp_labels__")
-    matrix = vtk.vtkMatrix4x4()
-    referenceVolumeNode.GetIJKToRASMatrix(matrix)
-    labelmapNode.SetIJKToRASMatrix(matrix)
-    labelmapNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
+    labelmapNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToLocal))
+    labelmapNode.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
     slicer.util.updateVolumeFromArray(labelmapNode, contiguous)
     ids = vtk.vtkStringArray()
     for segmentID in segmentIDs:
@@ -432,8 +448,9 @@ def writeLabelArrayInto(segmentationNode, labelArray, labels, referenceVolumeNod
     own (``SeparateSegmentLabelmap``; Slicer's import guards shared layers too, this keeps it so whatever the
     release). Returns the written segment IDs in ``labels`` order.
 
-    Everything is checked before the node is changed (UserError): the array, the names, and that the node's
-    segments are edited as binary labelmaps.
+    The node and the volume may have different parent transforms (linear ones): the voxels land where the
+    volume's voxels are in the world. Everything is checked before the node is changed (UserError): the array, the
+    names, that the node's segments are edited as binary labelmaps, and that no transform above it is non-linear.
 
     Example::
 
@@ -454,6 +471,7 @@ def writeLabelArrayInto(segmentationNode, labelArray, labels, referenceVolumeNod
     names = [str(entry["name"]) for entry in labels]
     if len(set(names)) != len(names):
         raise UserError(f"Segment names are repeated: {names}")
+    _toWorldMatrix(segmentationNode)  # a warped segmentation is refused before anything changes
     temporary = _TemporaryNodes(segmentationNode.GetScene())
     wasModifying = segmentationNode.StartModify()
     try:
