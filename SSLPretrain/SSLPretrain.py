@@ -86,6 +86,11 @@ class SSLPretrainTest(ScriptedLoadableModuleTest):
     The backbone cache is a temporary folder (SSLSEG_HOME), so the user's backbones are not touched."""
 
     def setUp(self):
+        # ctest runs this in a bare Slicer (--testing): the engine's packages (torch through the PyTorch extension,
+        # MONAI, ...) are installed first, as the panel does at first use
+        from SSLCommonLib.installLogic import installForSelfTest
+
+        installForSelfTest("SSLPretrain")
         slicer.mrmlScene.Clear()
 
     def runTest(self):

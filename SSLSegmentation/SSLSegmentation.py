@@ -83,6 +83,11 @@ class SSLSegmentationTest(ScriptedLoadableModuleTest):
     its uncertainty map."""
 
     def setUp(self):
+        # ctest runs this in a bare Slicer (--testing): the engine's packages (torch through the PyTorch extension,
+        # MONAI, ...) are installed first, as the panel does at first use
+        from SSLCommonLib.installLogic import installForSelfTest
+
+        installForSelfTest("SSLSegmentation")
         slicer.mrmlScene.Clear()
 
     def runTest(self):

@@ -159,6 +159,16 @@ def test_module_tests_are_registered_with_ctest(module):
     assert code.index("slicerMacroBuildScriptedModule(") < code.index("if(BUILD_TESTING)")
     assert re.search(rf"^class {module}Test\(ScriptedLoadableModuleTest\):", _read(module, f"{module}.py"),
                      flags=re.M)
+    # ctest starts a bare Slicer: the test installs the engine's packages itself before it runs (setUp)
+    import ast
+
+    tree = ast.parse(_read(module, f"{module}.py"))
+    (testClass,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == f"{module}Test"]
+    (setUp,) = [node for node in testClass.body if isinstance(node, ast.FunctionDef) and node.name == "setUp"]
+    calls = [node.func.id for node in ast.walk(setUp) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)]
+    assert calls[:1] == ["installForSelfTest"], calls
+    run = [node for node in testClass.body if isinstance(node, ast.FunctionDef) and node.name == "runTest"]
+    assert run and any(isinstance(node, ast.Attribute) and node.attr == "setUp" for node in ast.walk(run[0]))
 
 
 def test_license_is_apache_2():

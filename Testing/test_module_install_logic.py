@@ -298,3 +298,20 @@ def test_slicer_pip_ensure_gets_the_constraints_and_no_skip_packages(monkeypatch
     calls.clear()
     installLogic.slicerPipInstall(["einops"], constraints="c.txt")
     assert calls == [("pip_install", ["-c", "c.txt", "einops"])]
+
+
+def test_self_test_installs_without_questions_and_cannot_restart(fakeSite):
+    """ctest runs the modules' self-tests in a bare Slicer (--testing): installForSelfTest installs the engine's
+    packages without a dialog; a replaced package that is loaded cannot be used before a restart, which a test
+    cannot do, so it fails with what to do."""
+    import torch  # noqa: F401 - loaded, as in a Slicer session that used it
+
+    from SSLCommonLib.installLogic import installForSelfTest
+
+    assert installForSelfTest("SSLSegmentation", pipInstall=_forbidden, confirm=_forbidden,
+                              installTorch=_forbidden) is True  # everything there: nothing done
+    _installFake(fakeSite, "torch", "2.1.0")
+    upgrade = Recorder(effect=lambda requirement: _replaceFake(fakeSite, "torch", "2.6.0"))
+    with pytest.raises(InstallError, match="A self-test cannot restart Slicer: run the test again"):
+        installForSelfTest("SSLSegmentation", pipInstall=_forbidden, confirm=_forbidden, installTorch=upgrade)
+    assert upgrade.calls == [((">=2.5",), {})]  # no confirmation asked: installed straight away

@@ -300,6 +300,18 @@ class InstallLogic:
         return path
 
 
+def installForSelfTest(requester, **collaborators):
+    """Make the engine's packages available for a module's self-test (``Slicer --testing``, as ctest runs it through
+    ``slicer_add_python_unittest``): installed without questions, as the panel would after its one confirmation.
+    Slicer cannot restart inside a test: when a package loaded in an older version was replaced, InstallError says to
+    run the test again. Returns True (ready)."""
+    def refuseRestart(text):
+        raise InstallError(f"{text} A self-test cannot restart Slicer: run the test again.")
+
+    collaborators.setdefault("askRestart", refuseRestart)
+    return InstallLogic.forEngine(requester, **collaborators).ensure(askConfirmation=False)
+
+
 # --- the default collaborators (inside Slicer) --------------------------------------------------------------------
 
 
