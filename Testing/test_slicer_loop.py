@@ -11,6 +11,7 @@ One small model is trained once for the file (about a minute on 2 cores); each t
 """
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -427,3 +428,45 @@ def test_ranking_a_folder_loads_the_chosen_file(slicer_scene, hippocampus_dir, l
     with pytest.raises(UserError, match="not a scalar volume"):
         logic.rankCandidates(model, volumeNodes=[segmentation])
     assert logic.rankingFolder == os.path.dirname(ranking[0]["segmentation"])
+
+
+def _engineExited(job, seconds=180):
+    """Wait until the engine's process has exited, without reading its result (the panel's timer has not run)."""
+    deadline = time.monotonic() + seconds
+    while job.runner.process.poll() is None:
+        assert time.monotonic() < deadline, "the segmentation did not finish"
+        time.sleep(0.05)
+
+
+def test_a_result_that_arrives_as_the_scene_closes_is_not_added(slicer_harness, slicer_scene, hippocampus_dir,
+                                                                  logic, model):
+    """The engine has finished but its result is not read yet when the scene closes: nothing of it is added to the
+    new scene (no half-made segmentation or uncertainty volume), and its files go."""
+    import slicer
+
+    volume = slicer.util.loadVolume(_image(hippocampus_dir, TEST_CASES[0]))
+    job = logic.segment(model, volume, device="cpu", uncertainty=True)
+    _engineExited(job)
+    slicer_harness.clearScene()
+    assert job.status == "cancelled" and job.endReason == "the scene was closed" and job.result is None
+    assert slicer_harness.userNodes() == []
+    assert not os.path.exists(job.workFolder)
+
+
+def test_leaving_the_module_leaves_the_users_segmentation_as_it_was(slicer_scene, hippocampus_dir, logic, model):
+    """Leaving the module (the panel calls endRun) while a segmentation into the user's own node is finishing: the
+    node keeps every segment and voxel, and no node is added or removed."""
+    import slicer
+
+    volume = slicer.util.loadVolume(_image(hippocampus_dir, TEST_CASES[0]))
+    user = _userSegmentation(volume)
+    names = ("Anterior", "Lesion", "Notes")
+    before = {name: _segmentState(user, volume, name) for name in names}
+    nodesBefore = {slicer_scene.GetNthNode(i).GetID() for i in range(slicer_scene.GetNumberOfNodes())}
+    job = logic.segment(model, volume, device="cpu", writeInto=user)
+    _engineExited(job)
+    logic.endRun("the module was left")
+    assert job.status == "cancelled" and job.endReason == "the module was left"
+    assert {name: _segmentState(user, volume, name) for name in names} == before
+    assert user.GetSegmentation().GetSegmentIdBySegmentName("Posterior") == ""
+    assert {slicer_scene.GetNthNode(i).GetID() for i in range(slicer_scene.GetNumberOfNodes())} == nodesBefore
