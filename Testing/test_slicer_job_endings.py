@@ -87,7 +87,7 @@ def test_closing_the_scene_ends_a_fine_tuning(slicer_harness, slicer_scene, hipp
     assert job.status == "cancelled"
 
 
-def test_leaving_the_module_ends_a_pretraining(slicer_scene, hippocampus_dir, home):
+def test_leaving_the_module_ends_a_pretraining(slicer_scene, hippocampus_dir, home, caplog):
     """The panel calls ``logic.endRun("the module was left")`` from ``exit()`` (and "the module was closed" from
     ``cleanup()``): the process tree ends, nothing is registered, the scene's volumes are as they were."""
     import numpy as np
@@ -107,6 +107,9 @@ def test_leaving_the_module_ends_a_pretraining(slicer_scene, hippocampus_dir, ho
     finally:
         _endCleanly(job)
     assert job.status == "cancelled" and job.endReason == "the module was left"
+    # the shared job code logs as the module that owns the run
+    assert "SSLPretrain: pretraining ended because the module was left" in caplog.messages
+    assert os.path.basename(job.workFolder).startswith(f"SSLPretrain-{os.getpid()}-")
     assert not survivors(pids), "processes of the run survived leaving the module"
     assert "left-behind" not in [entry["name"] for entry in logic.listBackbones()]
     assert not os.path.exists(os.path.join(home, "backbones", "left-behind"))
