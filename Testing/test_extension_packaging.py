@@ -130,7 +130,8 @@ def test_top_level_extension_metadata():
     assert any(url.endswith("-uncertainty.png") for url in screenshots)
 
     order = ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(SSLCommon)",
-             "add_subdirectory(SSLSegmentation)", "add_subdirectory(SSLPretrain)", "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+             "add_subdirectory(SSLSegmentation)", "add_subdirectory(SSLPretrain)",
+             "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
              "include(${Slicer_EXTENSION_CPACK})"]
     positions = [code.find(statement) for statement in order]
     assert -1 not in positions, [s for s, p in zip(order, positions) if p == -1]

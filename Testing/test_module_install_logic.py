@@ -94,8 +94,9 @@ def test_install_order_no_deps_and_host_pins(fakeSite):
     torch = Recorder(effect=lambda requirement: _installFake(fakeSite, "torch", "999.0"))
     requirements = [Requirement("sslseg_fake_a", "sslseg-fake-a>=1"),
                     Requirement("sslseg_fake_b", "sslseg-fake-b>=0.5,<2", noDeps=True)]
+    # a restart may be offered: the torch this test process loaded is not the (fake) one now installed
     logic = InstallLogic(requirements, torchRequirement=">=999", pipInstall=pip, confirm=Recorder(),
-                         installTorch=torch, askRestart=_forbidden)
+                         installTorch=torch, askRestart=Recorder())
     assert logic.ensure() is True
     assert torch.calls == [((">=999",), {})]
     assert seen["calls"] == [(["sslseg-fake-a>=1"], False), (["sslseg-fake-b>=0.5,<2"], True)]

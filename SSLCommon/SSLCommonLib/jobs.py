@@ -234,7 +234,10 @@ class Job:
         self.endReason = reason
         logging.warning("%s: %s ended because %s", self.moduleName, self.kind, reason)
         if self.onLog:
-            self.onLog(f"{self.kind} ended because {reason}")
+            try:
+                self.onLog(f"{self.kind} ended because {reason}")
+            except Exception:  # noqa: BLE001 - e.g. a panel already gone at quit: the run must still end
+                logging.exception("%s: onLog callback failed", self.moduleName)
         self.cancel()
 
     def _processFinished(self, runner):

@@ -318,8 +318,9 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         self.ui.finetuneButton.enabled = kind in (None, "fine-tuning") and bool(self._pairs())
         self.ui.segmentButton.enabled = kind in (None, "segmentation")
         self.ui.rankButton.enabled = kind in (None, "ranking")
+        # switching to the Segment Editor leaves the module, which ends the run: not while one runs
         for button in (self.ui.importBackboneButton, self.ui.deleteModelButton, self.ui.renameModelButton,
-                       self.ui.importModelButton, self.ui.addCorrectedCaseButton):
+                       self.ui.importModelButton, self.ui.addCorrectedCaseButton, self.ui.editInSegmentEditorButton):
             button.enabled = not running
         self.ui.loadCandidateButton.enabled = not running and bool(self.candidates)
         entry = self.selectedBackbone()
