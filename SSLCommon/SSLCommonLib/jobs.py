@@ -35,6 +35,7 @@ from .processRunner import ProcessCancelled, ProcessFailed, ProcessRunner, pytho
 
 STALE_AFTER_SECONDS = 24 * 3600
 HEARTBEAT_SECONDS = 60  # a running job touches its work folder this often, so that it never looks stale
+ENDING_SECONDS = 10  # how long Job.end waits for the killed run's last output before it returns
 _ACTIVE_WORK_FOLDERS = set()  # work folders of this process's jobs that have not ended
 _RUNNING_JOBS = set()  # this process's started jobs that have not ended (ended when the application quits)
 
@@ -239,6 +240,11 @@ class Job:
             except Exception:  # noqa: BLE001 - e.g. a panel already gone at quit: the run must still end
                 logging.exception("%s: onLog callback failed", self.moduleName)
         self.cancel()
+        # finish here, not at a later timer tick that may never come (quit): the killed tree's output pipes close
+        # within moments, then the end is reported (nothing added, work folder removed)
+        deadline = time.monotonic() + ENDING_SECONDS
+        while self.poll() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _processFinished(self, runner):
         _RUNNING_JOBS.discard(self)
