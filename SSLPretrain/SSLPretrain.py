@@ -1,6 +1,6 @@
 """SSLPretrain: pretrain a self-supervised backbone (S3D / MAE masked autoencoding or Volume Fusion) on a site's own
 unlabelled volumes; the result joins the backbone list of the SSLSegmentation module. This file is the thin module
-shell; the work is in ``SSLPretrainLib`` (and the shared parts in ``SSLSegmentationLib``).
+shell; the work is in ``SSLPretrainLib`` (and the shared parts in the library ``SSLCommonLib``).
 
 Console::
 
@@ -36,8 +36,8 @@ class SSLPretrain(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("SSL Pretrain")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        # SSLSegmentationLib (jobs, node bridge, chart, install logic, panel base) is shared with this module
-        self.parent.dependencies = ["SSLSegmentation"]
+        # the shared code is the library SSLCommonLib (not a module): nothing to load first
+        self.parent.dependencies = []
         self.parent.contributors = ["SSLSegmentation developers"]
         self.parent.helpText = _(
             "Pretrain a 3D segmentation backbone on your own unlabelled volumes with self-supervised learning: S3D "
@@ -86,6 +86,11 @@ class SSLPretrainTest(ScriptedLoadableModuleTest):
     The backbone cache is a temporary folder (SSLSEG_HOME), so the user's backbones are not touched."""
 
     def setUp(self):
+        # ctest runs this in a bare Slicer (--testing): the engine's packages (torch through the PyTorch extension,
+        # MONAI, ...) are installed first, as the panel does at first use
+        from SSLCommonLib.installLogic import installForSelfTest
+
+        installForSelfTest("SSLPretrain")
         slicer.mrmlScene.Clear()
 
     def runTest(self):

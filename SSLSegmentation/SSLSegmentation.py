@@ -83,6 +83,11 @@ class SSLSegmentationTest(ScriptedLoadableModuleTest):
     its uncertainty map."""
 
     def setUp(self):
+        # ctest runs this in a bare Slicer (--testing): the engine's packages (torch through the PyTorch extension,
+        # MONAI, ...) are installed first, as the panel does at first use
+        from SSLCommonLib.installLogic import installForSelfTest
+
+        installForSelfTest("SSLSegmentation")
         slicer.mrmlScene.Clear()
 
     def runTest(self):
@@ -99,7 +104,7 @@ class SSLSegmentationTest(ScriptedLoadableModuleTest):
         outer = (((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) < 100) & ~inner
         image = (100.0 * inner + 50.0 * outer + rng.normal(0, 5, inner.shape)).astype(np.float32)
         volume = slicer.util.addVolumeFromArray(image, name=name)
-        from SSLSegmentationLib import nodeBridge
+        from SSLCommonLib import nodeBridge
 
         labels = [{"value": 1, "name": "Core", "color": [1, 0, 0]}, {"value": 2, "name": "Shell", "color": [0, 0, 1]}]
         segmentation = nodeBridge.labelArrayToSegmentationNode(inner * 1 + outer * 2, labels, volume, name + " seg")

@@ -11,7 +11,8 @@ HIPPOCAMPUS = os.path.join(SHARED_DATA, "Task04_Hippocampus")
 TOTALSEG = os.path.join(SHARED_DATA, "TotalSegmentator_example")
 
 # The Slicer modules' Python packages (SSLSegmentationLib, SSLPretrainLib) import like they do inside Slicer.
-for _path in (REPO_ROOT, os.path.join(REPO_ROOT, "SSLSegmentation"), os.path.join(REPO_ROOT, "SSLPretrain")):
+for _path in (REPO_ROOT, os.path.join(REPO_ROOT, "SSLCommon"), os.path.join(REPO_ROOT, "SSLSegmentation"),
+              os.path.join(REPO_ROOT, "SSLPretrain")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 

@@ -70,6 +70,6 @@ def render(pngPath=PNG_FILE, uiPath=UI_FILE, width=500):
 
 
 if __name__ == "__main__":
-    for path in (REPO_ROOT, os.path.join(REPO_ROOT, "SSLSegmentation"), os.path.join(REPO_ROOT, "SSLPretrain")):
+    for path in (REPO_ROOT, os.path.join(REPO_ROOT, "SSLCommon"), os.path.join(REPO_ROOT, "SSLPretrain")):
         sys.path.insert(0, path)
     print(render(*(sys.argv[1:2] or [PNG_FILE])))

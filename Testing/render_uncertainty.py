@@ -32,7 +32,8 @@ STEPS, PATCH = 120, [32, 48, 32]
 
 
 def _setUpPaths():
-    for path in (REPO_ROOT, os.path.join(REPO_ROOT, "SSLSegmentation"), os.path.dirname(os.path.abspath(__file__))):
+    for path in (REPO_ROOT, os.path.join(REPO_ROOT, "SSLCommon"), os.path.join(REPO_ROOT, "SSLSegmentation"),
+                 os.path.dirname(os.path.abspath(__file__))):
         if path not in sys.path:
             sys.path.insert(0, path)
 
@@ -45,7 +46,8 @@ def trainAndSegment(data, work):
     import slicer
 
     from sslseg.imageio import read_image
-    from SSLSegmentationLib import nodeBridge, resultNodes
+    from SSLCommonLib import nodeBridge
+    from SSLSegmentationLib import resultNodes
     from SSLSegmentationLib.segmentationLogic import SSLSegmentationLogic
 
     def image(case):

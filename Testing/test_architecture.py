@@ -1,5 +1,7 @@
-"""The engine's structure: no import cycle among ``sslseg`` modules, imports without side effects, and a weight-name
-layout per network family that names every tensor of that family's networks exactly once.
+"""The engine's structure: no import cycle among ``sslseg`` modules nor among the Slicer libraries
+(``SSLCommonLib``, ``SSLSegmentationLib``, ``SSLPretrainLib``), the Slicer libraries layered (the shared one imports
+neither module's, the modules not each other's, the engine none of them), imports without side effects, and a
+weight-name layout per network family that names every tensor of that family's networks exactly once.
 
 The import graph is read from the source with ``ast`` (module-level and function-level imports alike: an import
 deferred into a function still ties the two modules together). ``from sslseg import X`` of a name in the lazy
@@ -20,17 +22,33 @@ PACKAGE = "sslseg"
 
 # --- the import graph ----------------------------------------------------------------------------------------------
 
-def _module_files() -> dict:
-    """``{dotted module name: (path, is_package)}`` for every .py file under sslseg/."""
+# (folder on sys.path, package) of the Slicer libraries, as Slicer's qt-scripted-modules folder holds them
+SLICER_LIBRARIES = (("SSLCommon", "SSLCommonLib"), ("SSLSegmentation", "SSLSegmentationLib"),
+                    ("SSLPretrain", "SSLPretrainLib"))
+
+
+def _module_files(root: str = REPO_ROOT, package: str = PACKAGE) -> dict:
+    """``{dotted module name: (path, is_package)}`` for every .py file under ``root``/``package``."""
     modules = {}
-    for directory, subdirectories, files in os.walk(os.path.join(REPO_ROOT, PACKAGE)):
+    for directory, subdirectories, files in os.walk(os.path.join(root, package)):
         subdirectories[:] = sorted(d for d in subdirectories if d != "__pycache__" and not d.startswith("."))
         for name in sorted(files):
             if not name.endswith(".py"):
                 continue
-            parts = os.path.relpath(os.path.join(directory, name), REPO_ROOT)[:-3].split(os.sep)
+            parts = os.path.relpath(os.path.join(directory, name), root)[:-3].split(os.sep)
             is_package = parts[-1] == "__init__"
             modules[".".join(parts[:-1] if is_package else parts)] = (os.path.join(directory, name), is_package)
+    return modules
+
+
+def _slicer_module_files() -> dict:
+    """The Slicer libraries' modules, and the module files beside them (``SSLSegmentation.py`` ...)."""
+    modules = {}
+    for folder, package in SLICER_LIBRARIES:
+        root = os.path.join(REPO_ROOT, folder)
+        modules.update(_module_files(root, package))
+        if os.path.isfile(os.path.join(root, f"{folder}.py")):
+            modules[folder] = (os.path.join(root, f"{folder}.py"), False)
     return modules
 
 
@@ -71,11 +89,19 @@ def _imports_of(module: str, path: str, is_package: bool, known: set, lazy: dict
     return {target for target in targets if target in known and target != module}
 
 
-def import_graph() -> dict:
+def import_graph(slicer: bool = False) -> dict:
+    """The import graph of ``sslseg``'s modules; with ``slicer``, of the Slicer libraries' modules and the engine's
+    together (edges between them included)."""
     modules = _module_files()
     lazy = _lazy_api_map(modules[PACKAGE][0])
+    if slicer:
+        modules.update(_slicer_module_files())
     return {module: _imports_of(module, path, is_package, set(modules), lazy)
             for module, (path, is_package) in modules.items()}
+
+
+def _top(module: str) -> str:
+    return module.split(".")[0]
 
 
 def find_cycle(graph: dict):
@@ -114,6 +140,35 @@ def test_graph_reader_sees_function_level_relative_and_lazy_imports():
 def test_no_import_cycle_among_sslseg_modules():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_graph_reader_sees_the_slicer_libraries():
+    graph = import_graph(slicer=True)
+    assert "SSLCommonLib.parameterFields" in graph["SSLPretrainLib.parameters"]      # absolute, module level
+    assert "SSLPretrainLib.parameters" in graph["SSLPretrainLib.pretrainLogic"]      # relative, inside a function
+    assert "SSLCommonLib.nodeBridge" in graph["SSLSegmentationLib.resultNodes"]
+    assert "SSLSegmentationLib.segmentationLogic" in graph["SSLSegmentation"]        # the module file
+    assert "sslseg.pretraining.config" in graph["SSLPretrainLib.pretrainLogic"]      # into the engine
+
+
+def test_no_import_cycle_among_the_slicer_libraries():
+    """SSLPretrainLib.parameters and pretrainLogic imported each other (parameters took the network list from the
+    logic, the logic's getParameterNode the parameter class): the parameters now take the engine's list."""
+    cycle = find_cycle(import_graph(slicer=True))
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_slicer_libraries_are_layered():
+    """The shared library imports neither module's library; the two modules' libraries do not import each other;
+    the engine imports none of them."""
+    allowed = {"sslseg": {"sslseg"}, "SSLCommonLib": {"sslseg", "SSLCommonLib"},
+               "SSLSegmentationLib": {"sslseg", "SSLCommonLib", "SSLSegmentationLib"},
+               "SSLSegmentation": {"sslseg", "SSLCommonLib", "SSLSegmentationLib"},
+               "SSLPretrainLib": {"sslseg", "SSLCommonLib", "SSLPretrainLib"},
+               "SSLPretrain": {"sslseg", "SSLCommonLib", "SSLPretrainLib"}}
+    wrong = sorted(f"{module} -> {target}" for module, targets in import_graph(slicer=True).items()
+                   for target in targets if _top(target) not in allowed[_top(module)])
+    assert not wrong, wrong
 
 
 # --- imports without side effects ----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def _pairs(hippocampus_dir, cases=CASES):
     import slicer
 
     from sslseg.imageio import read_image
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     pairs = []
     for case in cases:
@@ -73,8 +73,8 @@ def _deadPid():
 
 def test_unwritable_models_folder_keeps_the_finished_model(slicer_scene, hippocampus_dir, tmp_path):
     from sslseg.model_folder import load_model
-    from SSLSegmentationLib.jobs import removeStaleWorkFolders
-    from SSLSegmentationLib.processRunner import ProcessFailed
+    from SSLCommonLib.jobs import removeStaleWorkFolders
+    from SSLCommonLib.processRunner import ProcessFailed
     from SSLSegmentationLib.segmentationLogic import SSLSegmentationLogic
 
     logic = SSLSegmentationLogic(modelsFolder=_unwritableFolder(tmp_path / "models"))
@@ -93,7 +93,8 @@ def test_unwritable_models_folder_keeps_the_finished_model(slicer_scene, hippoca
     assert os.path.isdir(job.workFolder) and not os.path.exists(os.path.join(job.workFolder, "dataset"))
     assert logic.modelStore.listModels() == []
     # the start-up clean-up keeps it even when it looks stale (its Slicer gone, older than a day)
-    removed = removeStaleWorkFolders(os.path.dirname(job.workFolder), maxAge=0, now=time.time() + 3 * 86400)
+    removed = removeStaleWorkFolders("SSLSegmentation", os.path.dirname(job.workFolder), maxAge=0,
+                                     now=time.time() + 3 * 86400)
     assert job.workFolder not in removed and os.path.isfile(os.path.join(kept, "model.pt"))
     # once a models folder is usable, the kept model is added as the message says
     store = SSLSegmentationLogic(modelsFolder=str(tmp_path / "usable")).modelStore
@@ -218,7 +219,7 @@ def test_stale_work_folders_are_removed_at_start_up_and_live_ones_kept(slicer_sc
 
 def test_running_job_keeps_its_work_folder_fresh(slicer_scene, hippocampus_dir, tmp_path, monkeypatch):
     """A long run (days, with the paper preset) touches its work folder, so the day-old rule never removes it."""
-    from SSLSegmentationLib import jobs
+    from SSLCommonLib import jobs
     from SSLSegmentationLib.segmentationLogic import SSLSegmentationLogic
 
     monkeypatch.setattr(jobs, "HEARTBEAT_SECONDS", 0.0)
@@ -245,7 +246,7 @@ def test_other_modules_nodes_added_meanwhile_survive(slicer_scene, hippocampus_d
     import slicer
     import vtk
 
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     ((volume, segmentation),) = _pairs(hippocampus_dir, CASES[:1])
     theirs = []

@@ -13,6 +13,7 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = ("SSLSegmentation", "SSLPretrain")
+LIBRARY = "SSLCommon"  # the code both modules share: SSLCommon/SSLCommonLib, packaged like a module without one
 # keys allowed by Slicer's slicer-extension-catalog-entry-schema-v1.0.1.json (additionalProperties: false)
 CATALOG_KEYS = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
                 "build_subdirectory", "enabled", "tier"}
@@ -48,7 +49,8 @@ def _module_lists(module):
     assert call, f"{module}/CMakeLists.txt does not call slicerMacroBuildScriptedModule"
     arguments = call.group(1).split()
     assert arguments[:2] == ["NAME", "${MODULE_NAME}"]
-    assert "WITH_GENERIC_TESTS" in arguments
+    # Slicer's generic module tests load the module by name: a library has none to load
+    assert ("WITH_GENERIC_TESTS" in arguments) == (module != LIBRARY)
     assert arguments[arguments.index("SCRIPTS") + 1] == "${MODULE_PYTHON_SCRIPTS}"
     assert arguments[arguments.index("RESOURCES") + 1] == "${MODULE_PYTHON_RESOURCES}"
     scripts = [_expand(v, variables) for v in variables["MODULE_PYTHON_SCRIPTS"]]
@@ -66,7 +68,7 @@ def _files_under(folder, keep):
     return sorted(found)
 
 
-@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("module", MODULES + (LIBRARY,))
 def test_module_lists_every_python_file_and_resource(module):
     scripts, resources = _module_lists(module)
     folder = os.path.join(REPO_ROOT, module)
@@ -83,10 +85,14 @@ def test_module_lists_every_python_file_and_resource(module):
     unlisted = sorted(set(resource_files) - set(resources))
     assert not unlisted, f"{module}: add these to MODULE_PYTHON_RESOURCES in {module}/CMakeLists.txt: {unlisted}"
 
-    assert f"Resources/Icons/{module}.png" in resources
     assert f"{module}Lib/__init__.py" in scripts
-    if os.path.isfile(os.path.join(folder, f"{module}.py")):
-        assert scripts[0] == f"{module}.py", "the module file comes first"
+    if module == LIBRARY:
+        # a library, not a module: no module file (Slicer would list a module "SSLCommon"), nothing but its package
+        assert not os.path.exists(os.path.join(folder, f"{module}.py")) and not resources
+        assert all(script.startswith(f"{module}Lib/") for script in scripts)
+        return
+    assert f"Resources/Icons/{module}.png" in resources
+    assert scripts[0] == f"{module}.py", "the module file comes first"
 
 
 def _png_size(path):
@@ -123,8 +129,9 @@ def test_top_level_extension_metadata():
         assert width >= 400 and height >= 300, (url, width, height)
     assert any(url.endswith("-uncertainty.png") for url in screenshots)
 
-    order = ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(SSLSegmentation)",
-             "add_subdirectory(SSLPretrain)", "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+    order = ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(SSLCommon)",
+             "add_subdirectory(SSLSegmentation)", "add_subdirectory(SSLPretrain)",
+             "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
              "include(${Slicer_EXTENSION_CPACK})"]
     positions = [code.find(statement) for statement in order]
     assert -1 not in positions, [s for s, p in zip(order, positions) if p == -1]
@@ -153,6 +160,16 @@ def test_module_tests_are_registered_with_ctest(module):
     assert code.index("slicerMacroBuildScriptedModule(") < code.index("if(BUILD_TESTING)")
     assert re.search(rf"^class {module}Test\(ScriptedLoadableModuleTest\):", _read(module, f"{module}.py"),
                      flags=re.M)
+    # ctest starts a bare Slicer: the test installs the engine's packages itself before it runs (setUp)
+    import ast
+
+    tree = ast.parse(_read(module, f"{module}.py"))
+    (testClass,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == f"{module}Test"]
+    (setUp,) = [node for node in testClass.body if isinstance(node, ast.FunctionDef) and node.name == "setUp"]
+    calls = [node.func.id for node in ast.walk(setUp) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)]
+    assert calls[:1] == ["installForSelfTest"], calls
+    run = [node for node in testClass.body if isinstance(node, ast.FunctionDef) and node.name == "runTest"]
+    assert run and any(isinstance(node, ast.Attribute) and node.attr == "setUp" for node in ast.walk(run[0]))
 
 
 def test_license_is_apache_2():
@@ -259,8 +276,8 @@ def test_cmake_configures_with_a_slicer_stand_in(tmp_path):
     modules = {name: scripts.split(";") for kind, name, scripts, _ in records if kind == "module"}
     unittests = sorted(os.path.relpath(name, REPO_ROOT) for kind, name, _, _ in records if kind == "unittest")
     assert unittests == sorted(os.path.join(module, f"{module}.py") for module in MODULES)
-    assert set(modules) == set(MODULES)
-    for module in MODULES:
+    assert set(modules) == set(MODULES + (LIBRARY,))
+    for module in MODULES + (LIBRARY,):
         assert modules[module] == _module_lists(module)[0]
     (engine,) = [(scripts.split(";"), resources.split(";")) for kind, _, scripts, resources in records
                  if kind == "engine"]

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from SSLSegmentationLib.installLogic import InstallError, InstallLogic, Requirement
+from SSLCommonLib.installLogic import InstallError, InstallLogic, Requirement
 
 
 def _forbidden(*args, **kwargs):
@@ -50,7 +50,7 @@ def test_engine_requirements_are_satisfied_in_this_venv(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", noNetwork)
     monkeypatch.setattr(socket, "create_connection", noNetwork)
-    logic = InstallLogic.forEngine(pipInstall=_forbidden, confirm=_forbidden, installTorch=_forbidden,
+    logic = InstallLogic.forEngine("Test", pipInstall=_forbidden, confirm=_forbidden, installTorch=_forbidden,
                                    askRestart=_forbidden)
     assert logic.missing() == (False, [], [])
     assert logic.missingDescription() == ""
@@ -91,11 +91,12 @@ def test_install_order_no_deps_and_host_pins(fakeSite):
         for spec in specs:
             _installFake(fakeSite, spec.split(">")[0].split("<")[0])
 
-    torch = Recorder()
+    torch = Recorder(effect=lambda requirement: _installFake(fakeSite, "torch", "999.0"))
     requirements = [Requirement("sslseg_fake_a", "sslseg-fake-a>=1"),
                     Requirement("sslseg_fake_b", "sslseg-fake-b>=0.5,<2", noDeps=True)]
+    # a restart may be offered: the torch this test process loaded is not the (fake) one now installed
     logic = InstallLogic(requirements, torchRequirement=">=999", pipInstall=pip, confirm=Recorder(),
-                         installTorch=torch, askRestart=_forbidden)
+                         installTorch=torch, askRestart=Recorder())
     assert logic.ensure() is True
     assert torch.calls == [((">=999",), {})]
     assert seen["calls"] == [(["sslseg-fake-a>=1"], False), (["sslseg-fake-b>=0.5,<2"], True)]
@@ -167,7 +168,7 @@ def test_too_old_torch_fails_the_check_and_offers_the_upgrade(fakeSite, monkeypa
     _installFake(fakeSite, "torch", "2.1.0")
     confirm, restart = Recorder(), Recorder()
     installTorch = Recorder(effect=lambda requirement: _replaceFake(fakeSite, "torch", TORCH_MINIMUM + ".0"))
-    logic = InstallLogic.forEngine(pipInstall=_forbidden, confirm=confirm, installTorch=installTorch,
+    logic = InstallLogic.forEngine("Test", pipInstall=_forbidden, confirm=confirm, installTorch=installTorch,
                                    askRestart=restart)
     assert logic.torchRequirement == ">=" + TORCH_MINIMUM == ">=2.5"
     assert logic.missing() == (True, [], []) and logic.torchTooOld() == "2.1.0"
@@ -202,7 +203,7 @@ class _PyTorchUtilsStandIn:
 
 
 def test_pytorch_extension_upgrades_a_too_old_torch(fakeSite, monkeypatch):
-    from SSLSegmentationLib.installLogic import installTorchWithPyTorchUtils
+    from SSLCommonLib.installLogic import installTorchWithPyTorchUtils
 
     standIn = _PyTorchUtilsStandIn(fakeSite, installs="2.6.0")
     monkeypatch.setitem(sys.modules, "PyTorchUtils", standIn)
@@ -217,3 +218,101 @@ def test_pytorch_extension_upgrades_a_too_old_torch(fakeSite, monkeypatch):
     monkeypatch.setitem(sys.modules, "PyTorchUtils", _PyTorchUtilsStandIn(fakeSite, installs="2.4.1"))
     with pytest.raises(InstallError, match=r"installed torch 2\.4\.1, but this extension needs torch>=2\.5"):
         installTorchWithPyTorchUtils(">=2.5")
+
+
+def _installFakeWithDependencies(sitePath, distribution, requires, version="1.0"):
+    _installFake(sitePath, distribution, version)
+    info = sitePath / f"{distribution.replace('-', '_')}-{version}.dist-info"
+    with open(info / "METADATA", "a") as stream:
+        stream.write("".join(f"Requires-Dist: {line}\n" for line in requires))
+
+
+def test_the_whole_install_is_verified(fakeSite):
+    """pip_ensure's skip_packages installed each package and dependency on its own with --no-deps and only logged
+    the failures: a package without its dependencies then looked installed. Now what was installed is verified with
+    its declared dependencies (and theirs), whatever pip reported."""
+    def pipWithoutADependency(specs, noDeps, constraints, requester):
+        _installFakeWithDependencies(fakeSite, "sslseg-fake-top", [
+            "sslseg-fake-middle>=2", "sslseg-fake-windows-only; sys_platform == 'nonexistent'",
+            "sslseg-fake-extra-only; extra == 'gpu'"])
+        _installFakeWithDependencies(fakeSite, "sslseg-fake-middle", ["sslseg-fake-leaf<1"], version="2.1")
+        _installFake(fakeSite, "sslseg-fake-leaf", "1.5")  # present, but outside its range
+
+    logic = InstallLogic([Requirement("sslseg_fake_top", "sslseg-fake-top>=1")], requester="Test",
+                         pipInstall=pipWithoutADependency, confirm=Recorder(), installTorch=_forbidden,
+                         askRestart=_forbidden)
+    with pytest.raises(InstallError) as error:
+        logic.ensure()
+    message = str(error.value)
+    assert "sslseg-fake-leaf<1 needed by sslseg-fake-middle (1.5)" in message
+    assert "windows-only" not in message and "extra-only" not in message  # markers that do not apply here
+    # complete once the dependency is right; a no-deps requirement's declared dependencies are not asked for
+    (fakeSite / "sslseg_fake_leaf-1.5.dist-info" / "METADATA").unlink()
+    (fakeSite / "sslseg_fake_leaf-1.5.dist-info").rmdir()
+    _installFake(fakeSite, "sslseg-fake-leaf", "0.9")
+    assert logic.verify(installed=logic.requirements) == []
+    noDeps = Requirement("sslseg_fake_nodeps", "sslseg-fake-nodeps", noDeps=True)
+    _installFakeWithDependencies(fakeSite, "sslseg-fake-nodeps", ["sslseg-fake-absent"])
+    assert InstallLogic([noDeps], requester="Test").verify(installed=[noDeps]) == []
+
+
+def test_a_replaced_host_package_fails_the_verification(fakeSite):
+    import numpy
+
+    def pipThatUpgradesNumpy(specs, noDeps, constraints, requester):
+        _installFake(fakeSite, "sslseg-fake-x")
+        _installFake(fakeSite, "numpy", "999.0")  # what the constraints file is there to prevent
+
+    logic = InstallLogic([Requirement("sslseg_fake_x", "sslseg-fake-x")], requester="Test",
+                         pipInstall=pipThatUpgradesNumpy, confirm=Recorder(), installTorch=_forbidden,
+                         askRestart=_forbidden)
+    with pytest.raises(InstallError, match=f"Slicer's numpy {numpy.__version__} was replaced by 999.0"):
+        logic.ensure()
+
+
+def test_slicer_pip_ensure_gets_the_constraints_and_no_skip_packages(monkeypatch, tmp_path):
+    """Inside Slicer: Slicer's pip_ensure (its signature as in Slicer's slicer/packaging.py) is called once with the
+    constraints file, no skip_packages, and also under --testing; --no-deps packages go through pip_install."""
+    import slicer
+
+    from SSLCommonLib import installLogic
+
+    calls = []
+
+    def pip_ensure(requirements, constraints=None, skip_packages=None, prompt_install=True, prompt_restart=True,
+                   requester=None, skip_in_testing=True, show_progress=True):
+        calls.append(("pip_ensure", [str(r) for r in requirements], constraints, skip_packages, prompt_install,
+                      prompt_restart, requester, skip_in_testing))
+
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_ensure = pip_ensure
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda args: calls.append(("pip_install", args)))
+    installLogic.slicerPipInstall(["monai>=1.4", "einops"], constraints="c.txt", requester="SSLSegmentation")
+    installLogic.slicerPipInstall(["dynamic-network-architectures>=0.4.4,<0.5"], noDeps=True, constraints="c.txt")
+    assert calls == [("pip_ensure", ["monai>=1.4", "einops"], "c.txt", None, False, False, "SSLSegmentation", False),
+                     ("pip_install", ["--no-deps", "-c", "c.txt", "dynamic-network-architectures>=0.4.4,<0.5"])]
+    # no slicer.packaging (Slicer before it): pip_install with the constraints
+    monkeypatch.delitem(sys.modules, "slicer.packaging")
+    monkeypatch.delattr(slicer, "packaging")
+    calls.clear()
+    installLogic.slicerPipInstall(["einops"], constraints="c.txt")
+    assert calls == [("pip_install", ["-c", "c.txt", "einops"])]
+
+
+def test_self_test_installs_without_questions_and_cannot_restart(fakeSite):
+    """ctest runs the modules' self-tests in a bare Slicer (--testing): installForSelfTest installs the engine's
+    packages without a dialog; a replaced package that is loaded cannot be used before a restart, which a test
+    cannot do, so it fails with what to do."""
+    import torch  # noqa: F401 - loaded, as in a Slicer session that used it
+
+    from SSLCommonLib.installLogic import installForSelfTest
+
+    assert installForSelfTest("SSLSegmentation", pipInstall=_forbidden, confirm=_forbidden,
+                              installTorch=_forbidden) is True  # everything there: nothing done
+    _installFake(fakeSite, "torch", "2.1.0")
+    upgrade = Recorder(effect=lambda requirement: _replaceFake(fakeSite, "torch", "2.6.0"))
+    with pytest.raises(InstallError, match="A self-test cannot restart Slicer: run the test again"):
+        installForSelfTest("SSLSegmentation", pipInstall=_forbidden, confirm=_forbidden, installTorch=upgrade)
+    assert upgrade.calls == [((">=2.5",), {})]  # no confirmation asked: installed straight away

@@ -1,4 +1,4 @@
-"""The background-process runner of the Slicer modules (SSLSegmentationLib.processRunner), on real processes."""
+"""The background-process runner of the Slicer modules (SSLCommonLib.processRunner), on real processes."""
 
 import json
 import sys
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from process_tree import alive, survivors
-from SSLSegmentationLib.processRunner import (
+from SSLCommonLib.processRunner import (
     ProcessCancelled,
     ProcessFailed,
     ProcessRunner,

@@ -1,8 +1,8 @@
-"""The live training chart (SSLSegmentationLib.progressChart) on real MRML plot and table nodes."""
+"""The live training chart (SSLCommonLib.progressChart) on real MRML plot and table nodes."""
 
 import math
 
-from SSLSegmentationLib.progressChart import ProgressChart
+from SSLCommonLib.progressChart import ProgressChart
 
 
 def _nodeIDs(scene):

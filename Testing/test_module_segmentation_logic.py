@@ -27,7 +27,7 @@ def _loadPair(hippocampus_dir, case, labels=LABELS):
     import slicer
 
     from sslseg.imageio import read_image
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     volume = slicer.util.loadVolume(os.path.join(hippocampus_dir, "imagesTr", f"{case}.nii.gz"))
     labelArray, _ = read_image(os.path.join(hippocampus_dir, "labelsTr", f"{case}.nii.gz"))
@@ -79,7 +79,7 @@ def logic(tmp_path):
 def test_finetune_then_segment_through_the_background_process(slicer_scene, hippocampus_dir, logic, tmp_path):
     import slicer
 
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     pairs = [_loadPair(hippocampus_dir, case)[:2] for case in TRAIN_CASES]
     testVolume, _, reference = _loadPair(hippocampus_dir, TEST_CASE)
@@ -210,7 +210,7 @@ def test_add_corrected_case(slicer_scene, hippocampus_dir, logic):
 
 def test_failed_runs_change_nothing(slicer_scene, hippocampus_dir, logic, tmp_path):
     """The engine refuses the job after the scene data went out: the error comes back, nothing is added."""
-    from SSLSegmentationLib.processRunner import ProcessFailed
+    from SSLCommonLib.processRunner import ProcessFailed
 
     pairs = [_loadPair(hippocampus_dir, case)[:2] for case in TRAIN_CASES[:2]]
     before = _sceneState(slicer_scene)

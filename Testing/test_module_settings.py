@@ -6,7 +6,7 @@ import pytest
 
 QtCore = pytest.importorskip("PySide6.QtCore", reason="PySide6 (a test extra) gives a real QSettings outside Slicer")
 
-from SSLSegmentationLib import settings  # noqa: E402
+from SSLCommonLib import settings  # noqa: E402
 from SSLSegmentationLib.modelStore import defaultModelsFolder  # noqa: E402
 
 

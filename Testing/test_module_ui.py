@@ -14,7 +14,9 @@ MODULE = os.path.join(REPO_ROOT, "SSLSegmentation")
 UI_FILE = os.path.join(MODULE, "Resources", "UI", "SSLSegmentation.ui")
 # the panel code, with the base class both modules' panels share
 CODE_FILES = [os.path.join(MODULE, "SSLSegmentation.py"), os.path.join(MODULE, "SSLSegmentationLib", "widget.py"),
-              os.path.join(MODULE, "SSLSegmentationLib", "panelBase.py")]
+              os.path.join(REPO_ROOT, "SSLCommon", "SSLCommonLib", "panelBase.py")]
+# the parameter node wrapper's own API (Slicer's parameterNodeWrapper): the wrapped MRML node and the GUI connection
+WRAPPER_API = {"parameterNode", "connectGui", "connectParametersToGui", "disconnectGui"}
 
 # what the widget code calls on each widget, by class (so that e.g. .currentNode() is not used on a QComboBox)
 QT_OR_SLICER = re.compile(r"^(Q|q|ctk)\w+$")
@@ -97,7 +99,7 @@ def test_parameter_bindings_name_parameters_of_a_fitting_type(slicer_harness):
     """Every bound widget names a parameter that Slicer's GUI connectors can represent: the right widget class for
     its type, never an Optional ("auto" = None parameters are bound by the widget code), and a spin box range equal
     to the WithinRange validator (Slicer's connector sets the spin box's range from it)."""
-    from SSLSegmentationLib.parameterFields import WithinRange
+    from SSLCommonLib.parameterFields import WithinRange
 
     parameters = _parameters()
     fits = {int: {"QSpinBox", "ctkSliderWidget"}, float: {"QDoubleSpinBox", "ctkSliderWidget"},
@@ -121,7 +123,7 @@ def test_parameter_bindings_name_parameters_of_a_fitting_type(slicer_harness):
     # the parameters the widget code reads or writes exist
     with open(CODE_FILES[1], encoding="utf-8") as stream:
         code = stream.read()
-    used = set(re.findall(r"\b(?:p|parameterNode|self\.parameterNode)\.(\w+)", code)) - {"connectGui", "disconnectGui"}
+    used = set(re.findall(r"\b(?:p|parameterNode|self\.parameterNode)\.(\w+)", code)) - WRAPPER_API
     used |= set(re.findall(r"_setParameter\(\"(\w+)\"", code))
     assert len(used) > 15 and used <= set(parameters), used - set(parameters)
 

@@ -22,7 +22,7 @@ MODULE = os.path.join(REPO_ROOT, "SSLPretrain")
 UI_FILE = os.path.join(MODULE, "Resources", "UI", "SSLPretrain.ui")
 # the panel code, with the base class it shares with the SSLSegmentation panel
 CODE_FILES = [os.path.join(MODULE, "SSLPretrain.py"), os.path.join(MODULE, "SSLPretrainLib", "widget.py"),
-              os.path.join(REPO_ROOT, "SSLSegmentation", "SSLSegmentationLib", "panelBase.py")]
+              os.path.join(REPO_ROOT, "SSLCommon", "SSLCommonLib", "panelBase.py")]
 CASES = ["hippocampus_006", "hippocampus_007", "hippocampus_011", "hippocampus_014"]
 TINY = dict(arch="ResEncT-test", steps=8, batch=2, patch=16, device="cpu")
 
@@ -101,7 +101,7 @@ def _imported(logic):
 
 def test_pretraining_from_scene_volumes_registers_a_backbone(slicer_scene, hippocampus_dir, logic):
     import sslseg
-    from SSLSegmentationLib.progressChart import ProgressChart
+    from SSLCommonLib.progressChart import ProgressChart
     from SSLPretrainLib.pretrainLogic import LOSS_CURVES
 
     volumes = _loadVolumes(hippocampus_dir)
@@ -218,7 +218,7 @@ def test_failed_run_registers_nothing(slicer_scene, logic, tmp_path):
     nothing is registered, the work folder is removed, the input node is unchanged."""
     import slicer
 
-    from SSLSegmentationLib.processRunner import ProcessFailed
+    from SSLCommonLib.processRunner import ProcessFailed
 
     tiny = slicer.util.addVolumeFromArray(np.ones((3, 3, 3), np.float32), name="too small")
     before = _volumeState([tiny])
@@ -248,10 +248,11 @@ def test_bad_input_is_refused_before_any_process_starts(slicer_scene, hippocampu
         (dict(volumeNodes=[volume], imageFolder=str(tmp_path)), "not both"),
         (dict(imageFolder=str(tmp_path / "missing")), "does not exist"),
         (dict(volumeNodes=[labelmap]), "not a scalar"),
-        (dict(volumeNodes=[volume], method="simclr"), "unknown method"),
+        (dict(volumeNodes=[volume], method="simclr"), "--method must be one of s3d, mae, volf"),
         (dict(volumeNodes=[volume], arch="ResNet50"), "unknown architecture"),
-        (dict(volumeNodes=[volume], patch=18), "multiple of ResEncT-test's total stride 4 x 4 x 4"),
-        (dict(volumeNodes=[volume], patch=[16, 16]), "1 or 3 values"),
+        (dict(volumeNodes=[volume], patch=18), r"multiple of the network's total stride \[4, 4, 4\] per axis for "
+                                                "ResEncT-test; e.g. --patch 16 16 16"),
+        (dict(volumeNodes=[volume], patch=[16, 16]), r"takes 1 value \(isotropic\) or 3"),
         (dict(volumeNodes=[volume], device="tpu"), "unknown device"),
         (dict(volumeNodes=[volume], steps=0), "at least 1"),
     ]
@@ -335,13 +336,17 @@ def test_ui_file_has_every_widget_the_code_uses():
     server = next(w for w in root.iter("widget") if w.get("name") == "serverCommandTextEdit")
     assert any(p.get("name") == "readOnly" and p.findtext("bool") == "true" for p in server.findall("property"))
     # the combo boxes offer what the logic accepts
-    from SSLPretrainLib.pretrainLogic import ARCHITECTURES, METHODS
-    from SSLSegmentationLib.settings import DEVICES
+    from sslseg.networks import ARCHITECTURES as ENGINE_ARCHITECTURES
+    from sslseg.pretraining import METHODS
+    from SSLCommonLib.settings import DEVICES
+    from SSLPretrainLib.parameters import ARCHITECTURES
 
     items = {w.get("name"): [i.findtext("property/string") for i in w.findall("item")] for w in root.iter("widget")
              if w.get("class") == "QComboBox"}
     assert items["methodComboBox"] == list(METHODS) and items["deviceComboBox"] == list(DEVICES)
-    assert items["architectureComboBox"] == list(ARCHITECTURES[:-1])
+    # the engine's networks in the engine's order, without the test-only ones
+    assert items["architectureComboBox"] == list(ARCHITECTURES) == [name for name in ENGINE_ARCHITECTURES
+                                                                    if name != "ResEncT-test"]
 
 
 def test_parameter_bindings_name_parameters_of_a_fitting_type(slicer_harness):
@@ -350,7 +355,7 @@ def test_parameter_bindings_name_parameters_of_a_fitting_type(slicer_harness):
     import slicer
 
     from SSLPretrainLib.parameters import FIELD_NAMES, SSLPretrainParameterNode
-    from SSLSegmentationLib.parameterFields import Choice, WithinRange
+    from SSLCommonLib.parameterFields import Choice, WithinRange
 
     parameters = SSLPretrainParameterNode.allParameters
     root, _ = _widgets()
@@ -378,8 +383,9 @@ def test_parameter_bindings_name_parameters_of_a_fitting_type(slicer_harness):
         (choice,) = [v for v in parameters[field].validators if isinstance(v, Choice)]
         assert list(choice.choices) == items[combo], field
     # the parameters the code reads exist; types resolve to real classes; defaults pass their validators
-    used = set(re.findall(r"\b(?:p|parameterNode|self\.parameterNode)\.(\w+)", _code())) - {"disconnectGui",
-                                                                                          "connectGui"}
+    # the wrapper's own API (Slicer's parameterNodeWrapper): the wrapped MRML node and the GUI connection
+    wrapperApi = {"parameterNode", "connectGui", "connectParametersToGui", "disconnectGui"}
+    used = set(re.findall(r"\b(?:p|parameterNode|self\.parameterNode)\.(\w+)", _code())) - wrapperApi
     assert used and used <= set(FIELD_NAMES), used - set(FIELD_NAMES)
     assert len(FIELD_NAMES) == len(set(FIELD_NAMES))
     for name, parameter in parameters.items():

@@ -1,4 +1,4 @@
-"""The MRML <-> engine bridge (SSLSegmentationLib.nodeBridge) on real slicer-core nodes and real hippocampus data."""
+"""The MRML <-> engine bridge (SSLCommonLib.nodeBridge) on real slicer-core nodes and real hippocampus data."""
 
 import os
 
@@ -18,7 +18,7 @@ LABELS = [
 
 @pytest.fixture
 def bridge(slicer_scene):
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     return nodeBridge
 

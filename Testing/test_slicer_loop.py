@@ -11,6 +11,7 @@ One small model is trained once for the file (about a minute on 2 cores); each t
 """
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def _loadPair(hippocampus_dir, case, terminology=None):
     import slicer
 
     from sslseg.imageio import read_image
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     volume = slicer.util.loadVolume(_image(hippocampus_dir, case))
     labelArray, _ = read_image(os.path.join(hippocampus_dir, "labelsTr", f"{case}.nii.gz"))
@@ -53,7 +54,7 @@ def _loadPair(hippocampus_dir, case, terminology=None):
 
 
 def _terminologies(segmentationNode):
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     segmentation = segmentationNode.GetSegmentation()
     return {segmentation.GetNthSegment(i).GetName(): nodeBridge.segmentTerminology(segmentation.GetNthSegment(i))
@@ -62,7 +63,7 @@ def _terminologies(segmentationNode):
 
 def _mask(segmentationNode, name, volume):
     """The named segment rasterised on the volume's grid (the scene is left as it was)."""
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     labelArray, _ = nodeBridge.segmentationToLabelArray(segmentationNode, volume, [name])
     return labelArray
@@ -152,7 +153,7 @@ def test_terminology_survives_training_model_and_prediction(slicer_scene, hippoc
 def _userSegmentation(volume):
     """A segmentation the user made on ``volume``: "Anterior" (to be replaced), "Lesion" overlapping it (in the
     same labelmap layer), "Notes" elsewhere, each with its own colour; Lesion with a terminology."""
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     shape = tuple(reversed(volume.GetImageData().GetDimensions()))
     labels = np.zeros(shape, np.uint8)
@@ -206,7 +207,7 @@ def test_written_segments_may_cover_the_users_others(slicer_scene):
     the replaced one), those segments still keep every voxel; the written ones hold exactly the new labels."""
     import slicer
 
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     volume = slicer.util.addVolumeFromArray(np.zeros((20, 30, 40), np.float32), name="grid")
     user = np.zeros((20, 30, 40), np.uint8)
@@ -224,10 +225,75 @@ def test_written_segments_may_cover_the_users_others(slicer_scene):
         assert np.array_equal(_mask(node, entry["name"], volume) > 0, prediction == entry["value"]), entry["name"]
 
 
+def _linearTransform(scene, matrix, name):
+    import slicer
+
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(matrix))
+    return node
+
+
+def _worldCentroid(segmentationNode, segmentID):
+    """The world position (RAS mm) of a segment's voxels, read from its own labelmap and the segmentation's parent
+    transform (independent of the export that segmentationToLabelArray uses)."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    segmentationNode.GetBinaryLabelmapRepresentation(segmentID, image)
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    dims, extent = image.GetDimensions(), image.GetExtent()
+    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+    k, j, i = np.argwhere(voxels > 0).mean(axis=0)
+    local = slicer.util.arrayFromVTKMatrix(matrix) @ [i + extent[0], j + extent[2], k + extent[4], 1.0]
+    toWorld = vtk.vtkMatrix4x4()
+    segmentationNode.GetParentTransformNode().GetMatrixTransformToWorld(toWorld)
+    return (slicer.util.arrayFromVTKMatrix(toWorld) @ local)[:3]
+
+
+def test_write_into_a_segmentation_under_another_transform(slicer_scene):
+    """Slicer's labelmap import misplaces the voxels (by the difference of the two transforms) when the segmentation
+    and the labelmap have different parent transforms: written segments land where the volume's voxels are in the
+    world, whatever transforms the volume and the segmentation are under."""
+    import slicer
+
+    from SSLCommonLib import nodeBridge
+
+    ijkToRAS = np.diag([1.5, 1.0, 2.0, 1.0])
+    volume = slicer.util.addVolumeFromArray(np.zeros((20, 30, 40), np.float32), ijkToRAS=ijkToRAS, name="grid")
+    shift, other, turn = np.eye(4), np.eye(4), np.eye(4)
+    shift[:3, 3], other[:3, 3] = [10.0, -20.0, 5.0], [-4.0, 7.0, 11.0]
+    turn[:2, :2] = [[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]]
+    turn[:3, 3] = [3.0, 4.0, -7.0]
+    volume.SetAndObserveTransformNodeID(_linearTransform(slicer_scene, shift, "volume moved").GetID())
+    prediction = np.zeros((20, 30, 40), np.uint8)
+    prediction[5:9, 10:16, 20:30] = 1
+    expected = (shift @ ijkToRAS @ [24.5, 12.5, 6.5, 1.0])[:3]  # the box's centre (i, j, k) in the world
+    for matrix in (other, turn):  # translated only; rotated too
+        node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+        node.CreateDefaultDisplayNodes()
+        node.SetAndObserveTransformNodeID(_linearTransform(slicer_scene, matrix, "segmentation moved").GetID())
+        (segmentID,) = nodeBridge.writeLabelArrayInto(node, prediction, LABELS[:1], volume)
+        assert np.allclose(_worldCentroid(node, segmentID), expected, atol=1e-6)
+        if matrix is other:  # no rotation between the two: no resampling, the voxels come back exactly
+            back, _ = nodeBridge.segmentationToLabelArray(node, volume, ["Anterior"])
+            assert np.array_equal(back, prediction)
+
+    # a warped segmentation is refused before it changes
+    warped = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "warped")
+    grid = slicer_scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
+    warped.SetAndObserveTransformNodeID(grid.GetID())
+    with pytest.raises(UserError, match="non-linear transform"):
+        nodeBridge.writeLabelArrayInto(warped, prediction, LABELS[:1], volume)
+    assert warped.GetSegmentation().GetNumberOfSegments() == 0
+
+
 def test_write_into_refuses_a_closed_surface_segmentation(slicer_scene, hippocampus_dir):
     import slicer
 
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     volume = slicer.util.loadVolume(_image(hippocampus_dir, TEST_CASES[0]))
     user = _userSegmentation(volume)
@@ -362,3 +428,51 @@ def test_ranking_a_folder_loads_the_chosen_file(slicer_scene, hippocampus_dir, l
     with pytest.raises(UserError, match="not a scalar volume"):
         logic.rankCandidates(model, volumeNodes=[segmentation])
     assert logic.rankingFolder == os.path.dirname(ranking[0]["segmentation"])
+
+
+def _addedNodes(harness):
+    """Nodes added since the harness started, but singletons (the Segment Editor's parameter node of an earlier
+    test stays through a scene close, as in Slicer)."""
+    return [node for node in harness.userNodes() if not node.GetSingletonTag()]
+
+
+def _engineExited(job, seconds=180):
+    """Wait until the engine's process has exited, without reading its result (the panel's timer has not run)."""
+    deadline = time.monotonic() + seconds
+    while job.runner.process.poll() is None:
+        assert time.monotonic() < deadline, "the segmentation did not finish"
+        time.sleep(0.05)
+
+
+def test_a_result_that_arrives_as_the_scene_closes_is_not_added(slicer_harness, slicer_scene, hippocampus_dir,
+                                                                  logic, model):
+    """The engine has finished but its result is not read yet when the scene closes: nothing of it is added to the
+    new scene (no half-made segmentation or uncertainty volume), and its files go."""
+    import slicer
+
+    volume = slicer.util.loadVolume(_image(hippocampus_dir, TEST_CASES[0]))
+    job = logic.segment(model, volume, device="cpu", uncertainty=True)
+    _engineExited(job)
+    slicer_harness.clearScene()
+    assert job.status == "cancelled" and job.endReason == "the scene was closed" and job.result is None
+    assert _addedNodes(slicer_harness) == []
+    assert not os.path.exists(job.workFolder)
+
+
+def test_leaving_the_module_leaves_the_users_segmentation_as_it_was(slicer_scene, hippocampus_dir, logic, model):
+    """Leaving the module (the panel calls endRun) while a segmentation into the user's own node is finishing: the
+    node keeps every segment and voxel, and no node is added or removed."""
+    import slicer
+
+    volume = slicer.util.loadVolume(_image(hippocampus_dir, TEST_CASES[0]))
+    user = _userSegmentation(volume)
+    names = ("Anterior", "Lesion", "Notes")
+    before = {name: _segmentState(user, volume, name) for name in names}
+    nodesBefore = {slicer_scene.GetNthNode(i).GetID() for i in range(slicer_scene.GetNumberOfNodes())}
+    job = logic.segment(model, volume, device="cpu", writeInto=user)
+    _engineExited(job)
+    logic.endRun("the module was left")
+    assert job.status == "cancelled" and job.endReason == "the module was left"
+    assert {name: _segmentState(user, volume, name) for name in names} == before
+    assert user.GetSegmentation().GetSegmentIdBySegmentName("Posterior") == ""
+    assert {slicer_scene.GetNthNode(i).GetID() for i in range(slicer_scene.GetNumberOfNodes())} == nodesBefore

@@ -179,3 +179,45 @@ def test_slicer_reads_the_terminology_of_predicted_segments(tmp_path, data, mode
     assert slicer.modules.terminologies.logic().DeserializeTerminologyEntry(found["Anterior"], entry)
     assert entry.GetTypeObject().GetCodeValue() == "5366009"
     assert entry.GetTypeModifierObject().GetCodeMeaning() == "Anterior"
+
+
+class _SettingsStore:
+    """Slicer's settings as ``qt.QSettings`` offers them (``value``/``setValue``), in memory."""
+
+    def __init__(self, values=None):
+        self.values = dict(values or {})
+
+    def value(self, key):
+        return self.values.get(key)
+
+    def setValue(self, key, value):
+        self.values[key] = value
+
+
+def test_a_default_terminology_is_not_a_choice(slicer_scene):
+    """The Segment Editor gives every segment it adds the segmentation node's default terminology, else the user's
+    (the Segmentations/DefaultTerminologyEntry setting): such a segment says nothing about what it holds, like the
+    placeholder of new segments, and is exported without terminology. A chosen one is kept."""
+    import slicer
+
+    from SSLCommonLib import nodeBridge
+
+    assert "Tissue" in nodeBridge._placeholderTerminology()
+    # a user's default as the setting holds it (with a trailing "|")
+    userDefault = f"{CONTEXT}~SCT^123037004^Anatomical Structure~SCT^28273000^Bile duct~^^~{ANATOMY}~^^~^^|"
+    nodeDefault = ANTERIOR.replace("255549009^Anterior", "^^")  # hippocampus, no modifier
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user segmentation")
+    slicer.vtkSlicerTerminologiesModuleLogic.SetDefaultTerminologyEntryAsString(node, nodeDefault)
+    segmentation = node.GetSegmentation()
+    for name, entry in (("placeholder", None), ("user default", userDefault.split("|")[0]),
+                        ("node default", nodeDefault), ("chosen", POSTERIOR)):
+        segment = segmentation.GetSegment(segmentation.AddEmptySegment("", name))
+        if entry:
+            segment.SetTag("TerminologyEntry", entry)
+    names = ["placeholder", "user default", "node default", "chosen"]
+    store = _SettingsStore({"Segmentations/DefaultTerminologyEntry": userDefault})
+    assert nodeBridge.segmentTerminologies(node, names, settings=store) == {
+        "placeholder": None, "user default": None, "node default": None, "chosen": POSTERIOR}
+    # without the user's setting, that entry is a choice like any other; the node's own default still is not
+    assert nodeBridge.segmentTerminologies(node, names, settings=_SettingsStore()) == {
+        "placeholder": None, "user default": userDefault.split("|")[0], "node default": None, "chosen": POSTERIOR}

@@ -5,6 +5,7 @@
 - ``parameters``: the parameter node's fields;
 - ``widget``: the panel (Qt; inside Slicer only).
 
-Shared parts come from ``SSLSegmentationLib``: ``jobs`` (background jobs, work folders), ``nodeBridge``,
-``progressChart``, ``installLogic``, ``parameterFields``, ``panelBase``.
+Shared parts come from the neutral library ``SSLCommonLib``: ``jobs`` (background jobs, work folders),
+``nodeBridge``, ``progressChart``, ``installLogic``, ``parameterFields``, ``settings``, ``panelBase``. Nothing is
+imported from the SSLSegmentation module.
 """

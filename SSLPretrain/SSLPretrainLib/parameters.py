@@ -1,5 +1,5 @@
 """The module's parameters, saved with the scene: a typed ``@parameterNodeWrapper`` class like SSLSegmentation's
-(``SSLSegmentationLib.parameterFields`` gives the stand-in outside Slicer). The ``.ui`` file's
+(``SSLCommonLib.parameterFields`` gives the stand-in outside Slicer). The ``.ui`` file's
 ``SlicerParameterName`` properties name fields of this class, and the ranges of the bound spin boxes equal the
 ``WithinRange`` validators (Slicer's GUI connector sets a spin box's range from them); both are checked by the tests.
 
@@ -14,12 +14,15 @@ Example (Slicer's Python console)::
 from typing import Annotated
 
 from slicer import vtkMRMLScalarVolumeNode
+from sslseg.networks import ARCHITECTURES as ENGINE_ARCHITECTURES
 from sslseg.pretraining import METHODS
 
-from SSLSegmentationLib.parameterFields import Choice, Default, WithinRange, parameterNodeWrapper
-from SSLSegmentationLib.settings import DEVICES
+from SSLCommonLib.parameterFields import Choice, Default, WithinRange, parameterNodeWrapper
+from SSLCommonLib.settings import DEVICES
 
-from .pretrainLogic import ARCHITECTURES
+# The engine's networks (sslseg.networks.ARCHITECTURES) offered in the panel: all but those made for tests only
+# ("...-test"); the console's logic.pretrain(arch=...) takes every one of them.
+ARCHITECTURES = tuple(name for name in ENGINE_ARCHITECTURES if not name.endswith("-test"))
 
 
 @parameterNodeWrapper

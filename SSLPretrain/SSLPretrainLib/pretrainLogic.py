@@ -3,7 +3,7 @@ a folder; the finished backbone joins the backbone list of the SSLSegmentation m
 console scripts call the same methods.
 
 The run is the engine's ``sslseg pretrain ... --progress json --register NAME`` in a separate process (``PythonSlicer``
-inside Slicer), started and polled as a :class:`~SSLSegmentationLib.jobs.Job` (the job code both modules share), so
+inside Slicer), started and polled as a :class:`~SSLCommonLib.jobs.Job` (the job code both modules share), so
 Slicer never freezes and Cancel kills the whole process tree. Scene volumes go out through ``nodeBridge.writeVolume``
 into a temporary work folder (the nodes are never modified). The engine registers the backbone only after the last
 step; a cancelled or failed run registers nothing and its work folder is removed.
@@ -32,21 +32,17 @@ import shutil
 from sslseg import validation
 from sslseg.device import parse_device
 from sslseg.errors import UserError
-from sslseg.pretraining import METHODS
+from sslseg.pretraining.config import PretrainConfig, check_options, check_patch_fits
 
-from SSLSegmentationLib.jobs import Job, JobOwner, makeTemporaryFolder, removeStaleWorkFolders
-from SSLSegmentationLib.settings import applyHomeFolder, defaultDevice
+from SSLCommonLib.jobs import Job, JobOwner, makeTemporaryFolder
+from SSLCommonLib.settings import applyHomeFolder, defaultDevice
 
 try:  # inside Slicer the logic is a ScriptedLoadableModuleLogic (parameter node support); plain object elsewhere
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
 except ImportError:
     _LogicBase = object
 
-METHOD_TITLES = {"s3d": "S3D (sparse masked autoencoder)", "mae": "MAE (dense masked autoencoder)",
-                 "volf": "Volume Fusion"}
-# sslseg.networks.ARCHITECTURES offered in the panel (the last one, "test", only for tests)
-ARCHITECTURES = ("ResEncL", "ResEncS-cpu", "ResEncXS-cpu", "ResEncT-test")
-# The live chart (SSLSegmentationLib.progressChart curves): the interval loss of the progress events and the loss on
+# The live chart (SSLCommonLib.progressChart curves): the interval loss of the progress events and the loss on
 # a fixed validation batch (a smooth curve).
 LOSS_CURVES = (
     ("loss", "Training loss", "progress", "loss", (0.85, 0.33, 0.10)),
@@ -54,14 +50,6 @@ LOSS_CURVES = (
 )
 # Shown in the server command when the images are scene volumes (they are not on the server).
 SERVER_IMAGES_PLACEHOLDER = "/path/to/unlabelled/images"
-
-
-def _threeValues(value, what):
-    """One value (isotropic) or three, as a list of three."""
-    values = [value] if isinstance(value, (int, float, str)) else list(value)
-    if len(values) not in (1, 3):
-        raise UserError(f"{what} takes 1 or 3 values (got {len(values)})")
-    return values * 3 if len(values) == 1 else values
 
 
 class PretrainJob(Job):
@@ -101,12 +89,14 @@ class SSLPretrainLogic(JobOwner, _LogicBase):
     ``temporaryFolder``: a callable ``prefix -> new folder`` for the work folders (default: Slicer's temporary
     path)."""
 
+    moduleName = "SSLPretrain"
+
     def __init__(self, temporaryFolder=None):
         if _LogicBase is not object:
             _LogicBase.__init__(self)
         self.temporaryFolder = temporaryFolder or makeTemporaryFolder
         applyHomeFolder()  # the HomeFolder setting becomes SSLSEG_HOME: the backbone is registered there
-        removeStaleWorkFolders()  # scene data that crashed runs left in work folders
+        self.removeStaleWorkFolders()  # scene data that crashed runs left in work folders
         self.currentJob = None
 
     def getParameterNode(self):
@@ -126,19 +116,13 @@ class SSLPretrainLogic(JobOwner, _LogicBase):
 
     @staticmethod
     def checkBackboneName(name):
-        """Raise UserError when ``name`` is not a valid backbone name (``sslseg.backbones.cache.check_name``) or
-        already taken (a published or a registered backbone); returns the name. Checked before training, not after
-        hours of it."""
-        from sslseg.backbones import cache
-        from sslseg.backbones.catalog import is_catalog_name
+        """Raise UserError when ``name`` is not a valid backbone name or already taken (the engine's own check of
+        ``sslseg pretrain --register``); returns the name. Checked before training, not after hours of it."""
+        from sslseg.pretraining.trainer import check_register_name
 
-        if not name or not str(name).strip():
+        if not name:
             raise UserError("choose a name for the new backbone")
-        name = cache.check_name(str(name).strip())
-        if is_catalog_name(name):
-            raise UserError(f"'{name}' is the name of a published backbone; choose another name")
-        if cache.read_meta(name) or os.path.exists(cache.entry_dir(name)):
-            raise UserError(f"a backbone named '{name}' already exists; choose another name")
+        check_register_name(name)
         return name
 
     @classmethod
@@ -157,25 +141,12 @@ class SSLPretrainLogic(JobOwner, _LogicBase):
 
     @staticmethod
     def _checkOptions(method, arch, steps, batch, patch, spacing, device):
-        """``(patch, spacing)`` as three values each, after checking every option (``sslseg.validation``)."""
-        from sslseg.networks import architecture_kwargs, total_stride
-
-        if method not in METHODS:
-            raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-        parse_device(device)
-        try:
-            config = architecture_kwargs(arch)
-        except (KeyError, ValueError, UserError):
-            raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES[:-1])}") from None
-        validation.positive_int("steps", steps)
-        validation.positive_int("batch size", batch)
-        patch = validation.patch_size("the patch size", _threeValues(patch, "the patch size"))
-        spacing = [validation.positive_float("the spacing", s) for s in _threeValues(spacing, "the spacing")]
-        stride = total_stride(config)
-        if any(p < s or p % s for p, s in zip(patch, stride)):
-            raise UserError(f"the patch size {' x '.join(map(str, patch))} must be a multiple of {arch}'s total "
-                            f"stride {' x '.join(map(str, stride))}")
-        return patch, spacing
+        """``(patch, spacing)`` as three values each, after checking every option with the engine's own checks of
+        ``sslseg pretrain`` (``sslseg.pretraining.config``): the same one-line errors as the command."""
+        config = check_options(PretrainConfig(method, images="", out="", arch=arch, steps=steps, batch=batch,
+                                              patch=patch, spacing=spacing, device=device))
+        check_patch_fits(config)
+        return list(config.patch), list(config.spacing)
 
     @staticmethod
     def _checkVolumes(volumeNodes):
@@ -216,7 +187,7 @@ class SSLPretrainLogic(JobOwner, _LogicBase):
 
         Returns the registered backbone name (``waitForCompletion=True``) or a :class:`Job` whose ``result`` it is.
         Nothing is registered unless training finished; the input volumes are never modified."""
-        from SSLSegmentationLib import nodeBridge
+        from SSLCommonLib import nodeBridge
 
         device = parse_device(device or defaultDevice())  # None: the Device setting (auto when unset)
         patch, spacing = self._checkOptions(method, arch, steps, batch, patch, spacing, device)
@@ -228,7 +199,7 @@ class SSLPretrainLogic(JobOwner, _LogicBase):
         seed = validation.seed(seed, "seed")
         self._refuseIfRunning()
 
-        work = self.temporaryFolder("SSLPretrain-")
+        work = self.temporaryFolder(f"{self.moduleName}-")
         try:
             images = self._exportImages(nodes, work) if nodes else os.path.abspath(os.fspath(imageFolder))
             args = ["pretrain", "--method", method, "--images", images, "--out", os.path.join(work, "run"),
@@ -236,8 +207,8 @@ class SSLPretrainLogic(JobOwner, _LogicBase):
                     *map(str, patch), "--spacing", *(f"{s:g}" for s in spacing), "--device", device,
                     "--seed", str(seed), "--progress", "json", "--register", name]
             args += (["--modality", str(modality)] if modality else []) + [str(a) for a in (extraArgs or [])]
-            job = PretrainJob("pretraining", args, workFolder=work, onEvent=onProgress, onLog=onLog,
-                              onFinished=onFinished, complete=lambda done: self._registered(done, name),
+            job = PretrainJob("pretraining", args, self.moduleName, workFolder=work, onEvent=onProgress,
+                              onLog=onLog, onFinished=onFinished, complete=lambda done: self._registered(done, name),
                               cleanup=lambda: removeBackboneFromRun(name, work))
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -247,7 +218,7 @@ class SSLPretrainLogic(JobOwner, _LogicBase):
 
     @staticmethod
     def _exportImages(nodes, work):
-        from SSLSegmentationLib import nodeBridge
+        from SSLCommonLib import nodeBridge
 
         images = os.path.join(work, "images")
         for index, node in enumerate(nodes):

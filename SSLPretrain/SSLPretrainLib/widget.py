@@ -1,7 +1,7 @@
 """The module panel: Qt wiring only. Every action calls ``SSLPretrainLogic`` (the same calls work in the Python
 console); the run is a background process polled by a timer, so Slicer stays responsive. The panel base, live
-chart and install check are shared with SSLSegmentation (``SSLSegmentationLib``). The SSL Segmentation panel lists
-a new backbone when it is next entered.
+chart and install check are shared with SSLSegmentation (the library ``SSLCommonLib``). The SSL Segmentation panel
+lists a new backbone when it is next entered.
 
 Runs inside Slicer only (Qt, CTK and MRML widgets). The widget names used here exist in
 ``Resources/UI/SSLPretrain.ui`` (checked by the tests).
@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import qt
 import slicer
-import vtk
 
 from sslseg.errors import UserError
 
-from SSLSegmentationLib.installLogic import InstallLogic
-from SSLSegmentationLib.panelBase import ModulePanelBase, formatSeconds
-from SSLSegmentationLib.processRunner import ProcessFailed
-from SSLSegmentationLib.progressChart import ProgressChart
+from SSLCommonLib.installLogic import InstallLogic
+from SSLCommonLib.panelBase import ModulePanelBase, deviceNote, formatSeconds, torchReady
+from SSLCommonLib.processRunner import ProcessFailed
+from SSLCommonLib.progressChart import ProgressChart
 
-from .parameters import SSLPretrainParameterNode
 from .pretrainLogic import LOSS_CURVES, SSLPretrainLogic
 
 try:
@@ -57,14 +55,9 @@ class SSLPretrainWidgetImpl(ModulePanelBase):
 
     # -- parameter node --
 
-    def setParameterNode(self, parameterNode: SSLPretrainParameterNode):
-        self._disconnectParameterNode()
-        self.parameterNode = parameterNode
-        if parameterNode is None:
-            return
-        self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
-        # the spin boxes and line edit are bound by connectGui: the server command follows the parameter node
-        self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+    def showParameterNode(self):
+        # the spin boxes and line edit are bound by name; the parameter node's observer updates the server command
+        parameterNode = self.parameterNode
         self.ui.methodComboBox.setCurrentText(parameterNode.method)
         self.ui.architectureComboBox.setCurrentText(parameterNode.architecture)
         self.ui.deviceComboBox.setCurrentText(self.initialDevice())
@@ -79,7 +72,6 @@ class SSLPretrainWidgetImpl(ModulePanelBase):
             selector.setCheckState(node, qt.Qt.Checked if any(node is c for c in checked) else qt.Qt.Unchecked)
         selector.blockSignals(wasBlocked)
         self.onSourceChanged()
-        self.onParameterNodeModified()
 
     def onParameterNodeModified(self, caller=None, event=None):
         self.updateServerCommand()
@@ -117,22 +109,16 @@ class SSLPretrainWidgetImpl(ModulePanelBase):
         self._setParameter("architecture", text)
 
     def updateDeviceNote(self):
-        note = _("torch is installed at first use (through the PyTorch extension).")
-        if self.installLogic.torchMissing() is False:
-            try:
-                import torch
+        self.ui.deviceNoteLabel.setText(deviceNote(self.installLogic, _(
+            "No CUDA GPU visible to PyTorch: pretraining runs on the CPU and is slow. Use the small ResEncS-cpu "
+            "network for a trial, and the server box below for real runs.")))
+        if torchReady(self.installLogic) and self.parameterNode is not None and \
+                self.parameterNode.architecture == "ResEncL":
+            import torch
 
-                if torch.cuda.is_available():
-                    note = _("GPU: {name}").format(name=torch.cuda.get_device_name(0))
-                else:
-                    note = _("No CUDA GPU visible to PyTorch: pretraining runs on the CPU and is slow. Use the small "
-                             "ResEncS-cpu network for a trial, and the server box below for real runs.")
-                    if self.parameterNode is not None and self.parameterNode.architecture == "ResEncL":
-                        self.ui.architectureComboBox.setCurrentText(CPU_ARCHITECTURE)
-                        self.parameterNode.patchSize = CPU_PATCH
-            except ImportError:
-                pass
-        self.ui.deviceNoteLabel.setText(note)
+            if not torch.cuda.is_available():
+                self.ui.architectureComboBox.setCurrentText(CPU_ARCHITECTURE)
+                self.parameterNode.patchSize = CPU_PATCH
 
     # -- the run --
 
@@ -190,7 +176,9 @@ class SSLPretrainWidgetImpl(ModulePanelBase):
                 self.ui.statusLabel.setText(_("Backbone '{name}' registered: choose it in the SSL Segmentation "
                                               "module.").format(name=job.result))
             elif job.status == "cancelled":
-                self.ui.statusLabel.setText(_("Cancelled: no backbone was registered."))
+                self.ui.statusLabel.setText(
+                    _("Ended because {reason}: no backbone was registered.").format(reason=job.endReason)
+                    if job.endReason else _("Cancelled: no backbone was registered."))
             else:
                 self.ui.statusLabel.setText(_("Pretraining failed: no backbone was registered."))
                 slicer.util.errorDisplay(_("Pretraining failed: {message}").format(message=job.errorMessage))

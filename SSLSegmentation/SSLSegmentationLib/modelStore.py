@@ -30,7 +30,7 @@ import time
 
 from sslseg.errors import UserError
 
-from .settings import readSetting
+from SSLCommonLib.settings import readSetting
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$")
 

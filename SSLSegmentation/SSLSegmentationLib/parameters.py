@@ -16,8 +16,8 @@ from typing import Annotated, Optional
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from sslseg.presets import PRESETS
 
-from .parameterFields import Choice, Default, WithinRange, parameterNodeWrapper
-from .settings import DEVICES
+from SSLCommonLib.parameterFields import Choice, Default, WithinRange, parameterNodeWrapper
+from SSLCommonLib.settings import DEVICES
 
 DEFAULT_BACKBONE = "ResEncL-OpenMind-S3D"
 PRESET_CHOICES = tuple(PRESETS)

@@ -25,8 +25,6 @@ from sslseg import validation
 from sslseg.device import parse_device
 from sslseg.errors import UserError
 
-from .jobs import Job, makeTemporaryFolder
-
 RANKING_FILE = "ranking.json"
 
 
@@ -66,10 +64,10 @@ class RankingRun:
 
     def job(self, onEvent=None, onLog=None, onFinished=None):
         """The background job; its result is the ranking (see ``SSLSegmentationLogic.rankCandidates``)."""
-        from . import nodeBridge
+        from SSLCommonLib import nodeBridge
 
-        work = makeTemporaryFolder("SSLSegmentation-rank-")
-        output = self.outputFolder or makeTemporaryFolder("SSLSegmentation-ranking-")
+        work = self.logic.makeWorkFolder("rank")
+        output = self.outputFolder or self.logic.makeWorkFolder("ranking")
         try:
             self.nodesByInput = {}
             inputs = [self.folder] if self.folder else []
@@ -79,9 +77,9 @@ class RankingRun:
                 inputs.append(path)
             args = ["rank", "--model", self.modelPath, "--input", *inputs, "--output", output,
                     "--device", self.device, "--tta" if self.tta else "--no-tta", "--progress", "json"]
-            return Job("ranking", args, workFolder=work, onEvent=onEvent, onLog=onLog,
-                       complete=lambda done: self._ranking(done, output, onLog),
-                       onFinished=lambda job: self._finished(job, output, onFinished))
+            return self.logic.newJob("ranking", args, workFolder=work, onEvent=onEvent, onLog=onLog,
+                                     complete=lambda done: self._ranking(done, output, onLog),
+                                     onFinished=lambda job: self._finished(job, output, onFinished))
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             if not self.outputFolder:
@@ -120,7 +118,8 @@ def loadCandidate(candidate, labels):
     ``resultNodes.uncertaintyOf``); a volume read from a file is removed again when anything fails."""
     import slicer
 
-    from . import nodeBridge, resultNodes
+    from SSLCommonLib import nodeBridge
+    from . import resultNodes
 
     for key in ("segmentation", "uncertainty_map"):
         if not os.path.isfile(candidate.get(key) or ""):

@@ -26,7 +26,7 @@ import vtk
 
 from sslseg.errors import UserError
 
-from . import nodeBridge
+from SSLCommonLib import nodeBridge
 
 UNCERTAINTY_SUFFIX = "_uncertainty.nii.gz"  # the engine's uncertainty map beside <case>.nii.gz
 UNCERTAINTY_ROLE = "SSLSegmentation.uncertainty"  # segmentation node -> its uncertainty volume

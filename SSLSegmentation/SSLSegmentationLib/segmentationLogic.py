@@ -2,7 +2,7 @@
 segmentation nodes, keep models across sessions. No GUI: the widget and console scripts call the same methods.
 
 Long work runs in a separate process (the engine's CLI, ``python -m sslseg ... --progress json``; ``PythonSlicer``
-inside Slicer) through :class:`~SSLSegmentationLib.jobs.Job`, so Slicer never freezes. Scene data goes out through
+inside Slicer) through :class:`~SSLCommonLib.jobs.Job`, so Slicer never freezes. Scene data goes out through
 ``trainingData`` / ``nodeBridge`` into a temporary work folder; results come back as files. A cancelled or failed
 run leaves the scene and the models folder as they were; a finished model that cannot be added to the models folder
 is kept where it is, and the error says where.
@@ -42,9 +42,10 @@ from sslseg.device import device_type, parse_device
 from sslseg.errors import UserError
 from sslseg.presets import PRESETS, default_preset
 
-from .jobs import Job, JobOwner, ResultKept, makeTemporaryFolder, removeStaleWorkFolders
+from SSLCommonLib.jobs import JobOwner, ResultKept
+from SSLCommonLib.settings import applyHomeFolder, defaultDevice
+
 from .modelStore import ModelStore, suggestModelName
-from .settings import applyHomeFolder, defaultDevice
 from .trainingData import checkModality, checkPairs, exportDataset, segmentNamesFor
 
 try:  # inside Slicer the logic is a ScriptedLoadableModuleLogic (parameter node support); plain object elsewhere
@@ -77,11 +78,13 @@ def presetNote(preset, device):
 class SSLSegmentationLogic(JobOwner, _LogicBase):
     """Fine-tuning, segmentation, models and backbones, callable from the console (see the module docstring)."""
 
+    moduleName = "SSLSegmentation"
+
     def __init__(self, modelsFolder=None):
         if _LogicBase is not object:
             _LogicBase.__init__(self)
         applyHomeFolder()  # the HomeFolder setting becomes SSLSEG_HOME (backbone cache) before anything reads it
-        removeStaleWorkFolders()  # scene data that crashed runs left in work folders
+        self.removeStaleWorkFolders()  # scene data that crashed runs left in work folders
         self.modelStore = ModelStore(modelsFolder)
         self.trainingPairs = []  # (volumeNode, segmentationNode) collected by addCorrectedCase and the widget
         self.currentJob = None
@@ -102,14 +105,14 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
 
     def downloadBackbone(self, name, waitForCompletion=False, onEvent=None, onLog=None, onFinished=None):
         """Download a catalog backbone in the background (resumable); the result is the checkpoint path."""
-        job = Job("download", ["models", "download", name, "--progress", "json"],
+        job = self.newJob("download", ["models", "download", name, "--progress", "json"],
                   complete=lambda done: done.get("model"), onEvent=onEvent, onLog=onLog, onFinished=onFinished)
         return self._run(job, waitForCompletion)
 
     def importBackbone(self, path, name=None, waitForCompletion=False, onLog=None, onFinished=None):
         """Register a manually downloaded checkpoint (checked in the background: safe load, complete encoder)."""
         args = ["models", "import", os.fspath(path)] + (["--name", name] if name else [])
-        job = Job("import", args, onLog=onLog, onFinished=onFinished)
+        job = self.newJob("import", args, onLog=onLog, onFinished=onFinished)
         return self._run(job, waitForCompletion)
 
     # -- fine-tuning --
@@ -143,7 +146,7 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
         modelName = self.modelStore.uniqueName(modelName or self._defaultModelName(segmentNames, backbone))
         self._refuseIfRunning()
 
-        work = makeTemporaryFolder("SSLSegmentation-finetune-")
+        work = self.makeWorkFolder("finetune")
         try:
             dataset, out = os.path.join(work, "dataset"), os.path.join(work, "model")
             labelInfo = write_json_atomic(exportDataset(pairs, segmentNames, dataset, modality),
@@ -153,7 +156,7 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
                 ["--backbone", os.fspath(backbone) if backbone else "none"]
             args = ["finetune", *start, "--data", dataset, "--label-info", labelInfo, "--out", out,
                     "--preset", preset, "--device", device, "--progress", "json", *options]
-            job = Job("fine-tuning", args, workFolder=work, complete=lambda done: self._addFinishedModel(
+            job = self.newJob("fine-tuning", args, workFolder=work, complete=lambda done: self._addFinishedModel(
                 work, out, modelName), onEvent=onEvent, onLog=onLog, onFinished=onFinished)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -272,9 +275,9 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
         name = outputName or f"{inputVolumeNode.GetName()} {modelName}"
         self._refuseIfRunning()
 
-        from . import nodeBridge
+        from SSLCommonLib import nodeBridge
 
-        work = makeTemporaryFolder("SSLSegmentation-segment-")
+        work = self.makeWorkFolder("segment")
         try:
             inputFile = nodeBridge.writeVolume(inputVolumeNode, os.path.join(work, "input", "volume_0000.nii.gz"))
             args = ["predict", "--model", modelPath, "--input", inputFile, "--output", os.path.join(work, "output"),
@@ -282,9 +285,9 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
             # with uncertainty the engine turns mirroring on itself: the map is the entropy of the TTA mean
             args += ["--uncertainty"] if uncertainty else ["--tta" if tta else "--no-tta"]
             args += ["--tta"] if uncertainty and tta else []
-            job = Job("segmentation", args, workFolder=work, onEvent=onEvent, onLog=onLog, onFinished=onFinished,
-                      complete=lambda done: self._segmentResult(done, inputVolumeNode, labels, name, writeInto,
-                                                                uncertainty, onLog))
+            job = self.newJob("segmentation", args, workFolder=work, onEvent=onEvent, onLog=onLog,
+                              onFinished=onFinished, complete=lambda done: self._segmentResult(
+                                  done, inputVolumeNode, labels, name, writeInto, uncertainty, onLog))
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -293,7 +296,8 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
     @staticmethod
     def _segmentResult(done, inputVolumeNode, labels, name, writeInto, uncertainty, onLog):
         """The engine's files (read with its checked reader, on the input's grid) as scene nodes."""
-        from . import nodeBridge, resultNodes
+        from SSLCommonLib import nodeBridge
+        from . import resultNodes
 
         labelFile, uncertaintyFile = resultNodes.engineOutputs(done)
         labelArray = resultNodes.readOnGrid(labelFile, inputVolumeNode, "segmentation")

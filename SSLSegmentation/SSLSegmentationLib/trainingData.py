@@ -39,7 +39,7 @@ def checkPairs(trainingPairs):
 
 def segmentNamesFor(pairs, segmentNames):
     """The segments to learn (default: all segments of the first pair); UserError naming a pair that lacks one."""
-    from .nodeBridge import segmentIDsByName
+    from SSLCommonLib.nodeBridge import segmentIDsByName
 
     if segmentNames is None:
         segmentation = pairs[0][1].GetSegmentation()
@@ -58,7 +58,7 @@ def segmentNamesFor(pairs, segmentNames):
 
 def checkModality(modality, volumeNode):
     """"CT" or "MR"; "auto" guesses from ``volumeNode`` (``nodeBridge.guessModality``)."""
-    from .nodeBridge import guessModality
+    from SSLCommonLib.nodeBridge import guessModality
 
     if modality == "auto":
         return guessModality(volumeNode)
@@ -71,7 +71,7 @@ def exportDataset(pairs, segmentNames, folder, modality="auto"):
     """Write the pairs as an nnU-Net dataset folder; returns the label list ``[{value, name, color, terminology}]``
     for ``sslseg finetune --label-info``: colours from the first pair, terminology (Slicer's coded meaning of a
     segment) from the first pair whose segment has one chosen."""
-    from . import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     modality = checkModality(modality, pairs[0][0])
     os.makedirs(os.path.join(folder, "imagesTr"))

@@ -15,12 +15,12 @@ import slicer
 
 from sslseg.errors import UserError
 
-from .installLogic import InstallLogic
+from SSLCommonLib.installLogic import InstallLogic
+from SSLCommonLib.panelBase import ModulePanelBase, deviceNote, formatSeconds, torchReady
+from SSLCommonLib.processRunner import ProcessFailed
+from SSLCommonLib.progressChart import ProgressChart
+
 from .modelStore import checkModelName
-from .panelBase import ModulePanelBase, formatSeconds
-from .parameters import SSLSegmentationParameterNode
-from .processRunner import ProcessFailed
-from .progressChart import ProgressChart
 from .resultNodes import perSegmentText, showUncertainty, summaryText, uncertaintyOf
 from .segmentationLogic import SSLSegmentationLogic, presetNote
 
@@ -96,12 +96,8 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         self.refreshBackbones()
         self.refreshModels()
 
-    def setParameterNode(self, parameterNode: SSLSegmentationParameterNode):
-        self._disconnectParameterNode()
-        self.parameterNode = parameterNode
-        if parameterNode is None:
-            return
-        self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+    def showParameterNode(self):
+        parameterNode = self.parameterNode
         # widgets whose "auto" entry is None in the parameter node are bound here, not by connectGui
         self.ui.presetComboBox.setCurrentText(parameterNode.preset or AUTO)
         self.ui.validationPercentSpinBox.value = -1 if parameterNode.validationPercent is None \
@@ -269,20 +265,9 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
     # -- fine-tuning --
 
     def updateDeviceNote(self):
-        note = _("torch is installed at first use (through the PyTorch extension).")
-        if self.installLogic.torchMissing() is False:
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    note = _("GPU: {name}").format(name=torch.cuda.get_device_name(0))
-                else:
-                    note = _("No CUDA GPU visible to PyTorch: training runs on the CPU and is slow. The 'auto' "
-                             "preset picks 'cpu' (a small network); a CUDA build of torch comes with the PyTorch "
-                             "extension.")
-            except ImportError:
-                pass
-        self.ui.deviceNoteLabel.setText(note)
+        self.ui.deviceNoteLabel.setText(deviceNote(self.installLogic, _(
+            "No CUDA GPU visible to PyTorch: training runs on the CPU and is slow. The 'auto' preset picks 'cpu' (a "
+            "small network); a CUDA build of torch comes with the PyTorch extension.")))
         self.updatePresetNote()
 
     def onPresetChanged(self, text):
@@ -300,9 +285,9 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         """Say which preset a run will use (``presetNote``): the device's for "auto", else the one chosen, with a
         warning when a GPU preset would run on the CPU."""
         chosen = self.ui.presetComboBox.currentText
-        try:
+        if torchReady(self.installLogic):  # telling the device imports torch: not before the install check
             _preset, text = presetNote(None if chosen == AUTO else chosen, self.ui.deviceComboBox.currentText or AUTO)
-        except ImportError:  # torch not installed yet: the device cannot be told
+        else:
             text = _("The preset is chosen by device once torch is installed.")
         self.ui.presetNoteLabel.setText(text)
 
@@ -321,7 +306,8 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         if job.status == "failed":
             slicer.util.errorDisplay(_("{what} failed: {message}").format(what=what, message=job.errorMessage))
         elif job.status == "cancelled":
-            self.ui.statusLabel.setText(_("Cancelled: nothing was changed."))
+            self.ui.statusLabel.setText(_("Ended because {reason}: nothing was changed.").format(reason=job.endReason)
+                                        if job.endReason else _("Cancelled: nothing was changed."))
 
     def updateButtons(self):
         running = self.isRunning()
@@ -332,8 +318,9 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         self.ui.finetuneButton.enabled = kind in (None, "fine-tuning") and bool(self._pairs())
         self.ui.segmentButton.enabled = kind in (None, "segmentation")
         self.ui.rankButton.enabled = kind in (None, "ranking")
+        # switching to the Segment Editor leaves the module, which ends the run: not while one runs
         for button in (self.ui.importBackboneButton, self.ui.deleteModelButton, self.ui.renameModelButton,
-                       self.ui.importModelButton, self.ui.addCorrectedCaseButton):
+                       self.ui.importModelButton, self.ui.addCorrectedCaseButton, self.ui.editInSegmentEditorButton):
             button.enabled = not running
         self.ui.loadCandidateButton.enabled = not running and bool(self.candidates)
         entry = self.selectedBackbone()

@@ -12,7 +12,7 @@ parameters, nodes as node references), so they are saved with the scene. It has 
 Example (Slicer's Python console or a test on slicer-core)::
 
     from typing import Annotated, Optional
-    from SSLSegmentationLib.parameterFields import Choice, Default, WithinRange, parameterNodeWrapper
+    from SSLCommonLib.parameterFields import Choice, Default, WithinRange, parameterNodeWrapper
 
     @parameterNodeWrapper
     class MyParameterNode:

@@ -1,4 +1,5 @@
-"""The extension's Slicer settings (kept in Slicer's settings file, across sessions):
+"""The extension's Slicer settings (kept in Slicer's settings file, across sessions, under the extension's name
+``SSLSegmentation/``; both modules read the same ones):
 
 - ``SSLSegmentation/HomeFolder``: the engine's home: backbone cache and, unless set below, the models folder. It
   becomes ``SSLSEG_HOME`` for this Slicer and the background processes it starts.
@@ -7,7 +8,7 @@
 
 Console::
 
-    from SSLSegmentationLib import settings
+    from SSLCommonLib import settings
     settings.writeSetting("HomeFolder", "D:/sslseg")     # takes effect at once (and in later sessions)
     settings.readSetting("Device")
 
@@ -36,13 +37,19 @@ def _store(settings):
         return None
 
 
+def readSlicerSetting(key, settings=None):
+    """Any of Slicer's settings by its full key (e.g. ``Segmentations/DefaultTerminologyEntry``) as a string, or
+    None when unset or outside Slicer."""
+    store = _store(settings)
+    value = store.value(key) if store is not None else None
+    return str(value) if value not in (None, "") else None
+
+
 def readSetting(name, settings=None):
     """The value of a setting of ``NAMES`` as a string, or None when unset."""
     if name not in NAMES:
         raise KeyError(f"unknown SSLSegmentation setting {name!r}; known: {', '.join(NAMES)}")
-    store = _store(settings)
-    value = store.value(PREFIX + name) if store is not None else None
-    return str(value) if value not in (None, "") else None
+    return readSlicerSetting(PREFIX + name, settings)
 
 
 def writeSetting(name, value, settings=None, environ=None):

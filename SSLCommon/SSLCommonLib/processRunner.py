@@ -10,7 +10,7 @@ calls ``poll()`` (Slicer's main thread), never in the reader threads.
 
 Example (console)::
 
-    from SSLSegmentationLib.jobs import engineCommand
+    from SSLCommonLib.jobs import engineCommand
     argv, env = engineCommand(["predict", "--model", model, "--input", path, "--output", out, "--progress", "json"])
     runner = ProcessRunner(argv, env=env, onEvent=lambda event: print(event.get("event"), event.get("step")))
     runner.start()

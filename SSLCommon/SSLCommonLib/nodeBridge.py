@@ -10,7 +10,7 @@ that other modules add meanwhile are left alone.
 
 Console examples (Slicer's Python console)::
 
-    from SSLSegmentationLib import nodeBridge
+    from SSLCommonLib import nodeBridge
     volume = getNode("hippocampus_006")
     array, geometry = nodeBridge.volumeToArray(volume)
     labels, names = nodeBridge.segmentationToLabelArray(getNode("Segmentation"), volume, ["Anterior", "Posterior"])
@@ -165,15 +165,39 @@ def segmentIDsByName(segmentationNode, segmentNames=None):
 TERMINOLOGY_TAG = "TerminologyEntry"
 
 
+# Slicer's application setting for the terminology the Segment Editor gives every segment it adds (Application
+# settings > Segmentations), unless the segmentation node has a default terminology of its own
+DEFAULT_TERMINOLOGY_SETTING = "Segmentations/DefaultTerminologyEntry"
+
+
 def _placeholderTerminology():
     """The entry a new segment carries before anyone chooses one (Slicer's generic "Tissue"), or ""."""
     value = vtk.mutable("")
     return str(value) if slicer.vtkSegment().GetTag(TERMINOLOGY_TAG, value) else ""
 
 
-def segmentTerminology(segment):
-    """The segment's terminology entry string, or None when it has none or only the placeholder of new segments
-    (which says nothing about what the segment is).
+def _entryCodes(entry):
+    """The coded part of a terminology entry string (what follows ``|`` in a stored default is not a code)."""
+    return str(entry or "").split("|", 1)[0].strip()
+
+
+def defaultTerminologies(segmentationNode=None, settings=None):
+    """The entries a segment carries when nobody chose one for it: the placeholder of new segments, the
+    segmentation node's default terminology, and the user's default terminology (Slicer's setting
+    ``Segmentations/DefaultTerminologyEntry``), which the Segment Editor stamps on every segment it adds. As a set
+    of coded parts (``_entryCodes``). ``settings``: see ``SSLCommonLib.settings.readSlicerSetting``."""
+    from .settings import readSlicerSetting
+
+    entries = [_placeholderTerminology(), readSlicerSetting(DEFAULT_TERMINOLOGY_SETTING, settings)]
+    if segmentationNode is not None:
+        entries.append(slicer.vtkSlicerTerminologiesModuleLogic.GetDefaultTerminologyEntryAsString(segmentationNode))
+    return {_entryCodes(entry) for entry in entries if _entryCodes(entry)}
+
+
+def segmentTerminology(segment, defaults=None):
+    """The segment's terminology entry string, or None when it has none or only a default that says nothing about
+    what the segment is: ``defaults`` (from ``defaultTerminologies``; the placeholder of new segments when not
+    given).
 
     Example::
 
@@ -184,13 +208,16 @@ def segmentTerminology(segment):
     if segment is None or not segment.GetTag(TERMINOLOGY_TAG, value):
         return None
     entry = str(value)
-    return entry if entry and entry != _placeholderTerminology() else None
+    defaults = {_entryCodes(_placeholderTerminology())} if defaults is None else defaults
+    return entry if _entryCodes(entry) and _entryCodes(entry) not in defaults else None
 
 
-def segmentTerminologies(segmentationNode, segmentNames):
-    """``{name: terminology entry or None}`` for the named segments (see ``segmentTerminology``)."""
+def segmentTerminologies(segmentationNode, segmentNames, settings=None):
+    """``{name: terminology entry or None}`` for the named segments: None where the segment carries only a default
+    (see ``defaultTerminologies``)."""
     segmentation = segmentationNode.GetSegmentation()
-    return {name: segmentTerminology(segmentation.GetSegment(segmentID))
+    defaults = defaultTerminologies(segmentationNode, settings)
+    return {name: segmentTerminology(segmentation.GetSegment(segmentID), defaults)
             for name, segmentID in zip(segmentNames, segmentIDsByName(segmentationNode, segmentNames))}
 
 
@@ -336,14 +363,30 @@ def _contiguousLabels(labelArray, labels, referenceVolumeNode):
     return contiguous.astype(np.uint8 if len(values) < 256 else np.uint16), present
 
 
+def _toWorldMatrix(node):
+    """4x4 numpy matrix from the node's local coordinates to world RAS (its parent transforms); UserError when one
+    is not linear."""
+    transformNode = node.GetParentTransformNode()
+    if transformNode is None:
+        return np.eye(4)
+    if not transformNode.IsTransformToWorldLinear():
+        raise UserError(f"'{node.GetName()}' is under a non-linear transform ('{transformNode.GetName()}'). Harden "
+                        "the transform (Data module: right-click > Harden transform) first.")
+    toWorld = vtk.vtkMatrix4x4()
+    transformNode.GetMatrixTransformToWorld(toWorld)
+    return slicer.util.arrayFromVTKMatrix(toWorld)
+
+
 def _importLabels(contiguous, segmentationNode, segmentIDs, referenceVolumeNode, temporary):
-    """Import label i of ``contiguous`` (on the volume's grid, under its transform) into ``segmentIDs[i-1]``,
-    replacing what those segments held."""
+    """Import label i of ``contiguous`` (on the volume's grid) into ``segmentIDs[i-1]``, replacing what those
+    segments held. The labelmap is placed under the segmentation's own parent transform, with the volume's grid
+    expressed in the segmentation's local frame: Slicer's import does not place a labelmap correctly whose parent
+    transform differs from the segmentation's (its voxels end up offset by the difference), and with equal parents
+    the voxels stay exactly where the volume's are."""
+    ijkToLocal = np.linalg.inv(_toWorldMatrix(segmentationNode)) @ volumeIJKToWorldMatrix(referenceVolumeNode)
     labelmapNode = temporary.add("vtkMRMLLabelMapVolumeNode", "__sslseg_temp_labels__")
-    matrix = vtk.vtkMatrix4x4()
-    referenceVolumeNode.GetIJKToRASMatrix(matrix)
-    labelmapNode.SetIJKToRASMatrix(matrix)
-    labelmapNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
+    labelmapNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToLocal))
+    labelmapNode.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
     slicer.util.updateVolumeFromArray(labelmapNode, contiguous)
     ids = vtk.vtkStringArray()
     for segmentID in segmentIDs:
@@ -405,8 +448,9 @@ def writeLabelArrayInto(segmentationNode, labelArray, labels, referenceVolumeNod
     own (``SeparateSegmentLabelmap``; Slicer's import guards shared layers too, this keeps it so whatever the
     release). Returns the written segment IDs in ``labels`` order.
 
-    Everything is checked before the node is changed (UserError): the array, the names, and that the node's
-    segments are edited as binary labelmaps.
+    The node and the volume may have different parent transforms (linear ones): the voxels land where the
+    volume's voxels are in the world. Everything is checked before the node is changed (UserError): the array, the
+    names, that the node's segments are edited as binary labelmaps, and that no transform above it is non-linear.
 
     Example::
 
@@ -427,6 +471,7 @@ def writeLabelArrayInto(segmentationNode, labelArray, labels, referenceVolumeNod
     names = [str(entry["name"]) for entry in labels]
     if len(set(names)) != len(names):
         raise UserError(f"Segment names are repeated: {names}")
+    _toWorldMatrix(segmentationNode)  # a warped segmentation is refused before anything changes
     temporary = _TemporaryNodes(segmentationNode.GetScene())
     wasModifying = segmentationNode.StartModify()
     try:

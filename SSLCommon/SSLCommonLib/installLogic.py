@@ -7,21 +7,25 @@ Generic (the SSLSegmentation and SSLPretrain modules both use it). Rules that ke
   (``sslseg.requirements.TORCH_MINIMUM``) counts as missing: the PyTorch extension installs a newer one, then
   Slicer restarts;
 - packages the host already provides (torch, SimpleITK, requests, numpy) are never reinstalled: they are pinned to
-  their installed versions with a pip constraints file and skipped by ``pip_ensure``;
+  their installed versions with a pip constraints file, which pip honours for every package it resolves, so the
+  dependency tree is installed in one resolution (no per-package ``--no-deps`` install whose failures are only
+  logged, as ``pip_ensure``'s ``skip_packages`` does);
 - ``--no-deps`` packages (dynamic-network-architectures: its metadata pulls timm, torchvision and a second torch)
   are installed without their dependencies;
-- ONE confirmation lists every package (torch included) before anything is installed.
+- ONE confirmation lists every package (torch included) before anything is installed;
+- after installing, the whole install is verified (:meth:`InstallLogic.verify`): every requirement at an accepted
+  version, the declared dependencies of what was installed (and theirs), and the host packages at the versions they
+  had. Anything wrong is an InstallError naming it.
 
 The check (:meth:`InstallLogic.missing`) reads installed package metadata only: no network, no subprocess, no GUI.
 Installing goes through collaborators passed in (``pipInstall``, ``confirm``, ``installTorch``, ``askRestart``), so
 tests and console scripts can run the same logic without Slicer's dialogs. Inside Slicer, the defaults use
-``slicer.pydeps.pip_ensure`` (``slicer.packaging`` in some releases) where available, else
-``slicer.util.pip_install``.
+``slicer.packaging.pip_ensure`` where the release has it, else ``slicer.util.pip_install``.
 
 Example (Slicer's Python console)::
 
-    from SSLSegmentationLib.installLogic import InstallLogic
-    logic = InstallLogic.forEngine()
+    from SSLCommonLib.installLogic import InstallLogic
+    logic = InstallLogic.forEngine("SSLSegmentation")
     logic.missingDescription()      # "" when everything is installed
     logic.ensure()                  # asks once, installs, may offer a restart; returns True when ready
 """
@@ -98,6 +102,40 @@ def isSatisfied(requirement: Requirement):
         return True
 
 
+def unmetDependencies(distributions):
+    """``["name>=x needed by dist (absent)", ...]``: the declared dependencies of the installed ``distributions``,
+    and theirs recursively, that are absent or outside their version range (package metadata only; markers are
+    evaluated for this Python, without extras)."""
+    from packaging.requirements import InvalidRequirement
+    from packaging.requirements import Requirement as Declared
+    from packaging.utils import canonicalize_name
+
+    unmet, seen, todo = [], set(), list(distributions)
+    while todo:
+        distribution = todo.pop()
+        if canonicalize_name(distribution) in seen:
+            continue
+        seen.add(canonicalize_name(distribution))
+        try:
+            declared = importlib.metadata.requires(distribution) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for text in declared:
+            try:
+                requirement = Declared(text)
+            except InvalidRequirement:
+                continue
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            version = installedVersion(requirement.name)
+            if version is None or not requirement.specifier.contains(version, prereleases=True):
+                unmet.append(f"{requirement.name}{requirement.specifier} needed by {distribution} "
+                             f"({version or 'absent'})")
+            else:
+                todo.append(requirement.name)
+    return unmet
+
+
 class InstallLogic:
     """What to install and how. ``requirements``: list of :class:`Requirement`; ``torchRequirement``: e.g.
     ``">=2.1"`` (None: torch not needed); ``hostPackages``: never installed by pip here."""
@@ -114,7 +152,7 @@ class InstallLogic:
         self.askRestart = askRestart or slicerAskRestart
 
     @classmethod
-    def forEngine(cls, requester="SSLSegmentation", **collaborators):
+    def forEngine(cls, requester, **collaborators):
         """The packages the ``sslseg`` engine needs (``sslseg/requirements.py``)."""
         from sslseg import requirements as engine
 
@@ -188,6 +226,7 @@ class InstallLogic:
                 logging.info("%s: installation of Python packages declined", self.requester)
                 return False
         importedBefore = set(sys.modules)
+        hostVersions = self._hostVersions()
         if torchMissing:
             self.installTorch(self.torchRequirement)
         normal = [r.spec for r in toInstall if not r.noDeps]
@@ -202,9 +241,10 @@ class InstallLogic:
             if constraints:
                 os.remove(constraints)
         importlib.invalidate_caches()
-        stillMissing = [r.spec for r in toInstall if not isSatisfied(r)]
-        if stillMissing:
-            raise InstallError(f"after installing, these packages are still not available: {', '.join(stillMissing)}")
+        problems = self.verify(installed=toInstall, hostVersions=hostVersions)
+        if problems:
+            raise InstallError(f"{self.requester}: after installing, the Python packages are not complete: "
+                               f"{'; '.join(problems)}. Nothing else was changed; see the Python console's log.")
         # A package that was already imported keeps its old version in memory until Slicer restarts.
         replaced = [r.spec for r in toInstall if r.importName in importedBefore]
         loadedTorch = sys.modules.get("torch") if torchMissing and "torch" in importedBefore else None
@@ -214,6 +254,26 @@ class InstallLogic:
             self.askRestart(f"{', '.join(replaced)} were updated while an older version was loaded. Restart "
                             "Slicer to use the new version.")
         return True
+
+    def verify(self, installed=(), hostVersions=None):
+        """What is wrong with the install, one phrase each (empty when all is well): requirements (and torch) not
+        at an accepted version; unmet declared dependencies of the ``installed`` requirements that were installed
+        with theirs (and of those, recursively); host packages whose version changed from ``hostVersions``."""
+        problems = [f"{r.spec} is not installed" + (f" ({installedVersion(r.distribution)} is)"
+                                                     if installedVersion(r.distribution) else "")
+                    for r in self.requirements if not self._isHost(r) and not isSatisfied(r)]
+        if self.torchMissing():
+            problems.append(f"torch{self.torchRequirement} is not installed")
+        problems += unmetDependencies([r.distribution for r in installed if not r.noDeps])
+        for name, version in (hostVersions or {}).items():
+            if installedVersion(name) != version:
+                problems.append(f"Slicer's {name} {version} was replaced by {installedVersion(name) or 'nothing'}")
+        return problems
+
+    def _hostVersions(self):
+        """``{host package: installed version}`` (what the constraints file pins; torch is left to installTorch)."""
+        versions = {name: installedVersion(name) for name in dict.fromkeys(self.hostPackages) if name != "torch"}
+        return {name: version for name, version in versions.items() if version}
 
     def _pip(self, specs, noDeps, constraints):
         try:
@@ -240,37 +300,56 @@ class InstallLogic:
         return path
 
 
+def installForSelfTest(requester, **collaborators):
+    """Make the engine's packages available for a module's self-test (``Slicer --testing``, as ctest runs it through
+    ``slicer_add_python_unittest``): installed without questions, as the panel would after its one confirmation.
+    Slicer cannot restart inside a test: when a package loaded in an older version was replaced, InstallError says to
+    run the test again. Returns True (ready)."""
+    def refuseRestart(text):
+        raise InstallError(f"{text} A self-test cannot restart Slicer: run the test again.")
+
+    collaborators.setdefault("askRestart", refuseRestart)
+    return InstallLogic.forEngine(requester, **collaborators).ensure(askConfirmation=False)
+
+
 # --- the default collaborators (inside Slicer) --------------------------------------------------------------------
 
 
-def _slicerPackagingModule():
-    """Slicer's package helpers with ``pip_ensure``: ``slicer.pydeps`` (current), ``slicer.packaging`` (5.12)."""
-    for name in ("slicer.pydeps", "slicer.packaging"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "pip_ensure"):
-            return module
-    return None
+# the keywords of slicer.packaging.pip_ensure this module passes (Slicer's Base/Python/slicer/packaging.py)
+_PIP_ENSURE_KEYWORDS = ("constraints", "prompt_install", "prompt_restart", "requester", "skip_in_testing")
+
+
+def _pipEnsure():
+    """Slicer's ``slicer.packaging.pip_ensure`` where the release has it with the keywords used here, else None."""
+    import inspect
+
+    try:
+        from slicer.packaging import pip_ensure
+    except ImportError:
+        return None
+    try:
+        parameters = inspect.signature(pip_ensure).parameters
+    except (TypeError, ValueError):
+        return None
+    return pip_ensure if all(name in parameters for name in _PIP_ENSURE_KEYWORDS) else None
 
 
 def slicerPipInstall(specs, noDeps=False, constraints=None, requester=None):
-    """Install with Slicer's helpers: ``pip_ensure`` where available (skips the host's packages in the dependency
-    tree), else ``slicer.util.pip_install``. ``--no-deps`` packages always go through ``pip_install``."""
+    """Install with Slicer's helpers: ``pip_ensure`` where available, else ``slicer.util.pip_install``; both with
+    the constraints file that pins the host's packages. ``--no-deps`` packages always go through ``pip_install``.
+    ``skip_packages`` is not used: it makes pip_ensure install each package and dependency on its own with
+    ``--no-deps`` and only log failures, while the constraints already keep Slicer's packages; the whole install
+    is then verified (``InstallLogic.verify``). Installs also under ``--testing`` (the module self-tests need the
+    engine's packages)."""
     import slicer
 
-    packaging = _slicerPackagingModule()
-    if packaging is not None and not noDeps:
+    pipEnsure = _pipEnsure()
+    if pipEnsure is not None and not noDeps:
         from packaging.requirements import Requirement as PackagingRequirement
 
-        try:
-            packaging.pip_ensure([PackagingRequirement(s) for s in specs], constraints=constraints,
-                                 skip_packages=list(DEFAULT_HOST_PACKAGES), prompt_install=False,
-                                 prompt_restart=False, requester=requester, skip_in_testing=False)
-            return
-        except TypeError:  # an earlier pip_ensure signature: use pip_install with the constraints file
-            logging.info("pip_ensure does not take these options here; using slicer.util.pip_install")
+        pipEnsure([PackagingRequirement(s) for s in specs], constraints=constraints, prompt_install=False,
+                  prompt_restart=False, requester=requester, skip_in_testing=False)
+        return
     options = (["--no-deps"] if noDeps else []) + (["-c", constraints] if constraints else [])
     # A list of arguments (accepted by every Slicer 5 release): no shell quoting of "<" in specifiers needed.
     slicer.util.pip_install(options + list(specs))

@@ -1,23 +1,27 @@
-"""Background jobs shared by the SSLSegmentation and SSLPretrain logics: one engine command in a child process
-(:class:`Job`), one job at a time per logic (:class:`JobOwner`), and the temporary work folders that carry scene
-data out to the child process.
+"""Background jobs for a module's logic: one engine command in a child process (:class:`Job`), one job at a time
+per logic (:class:`JobOwner`), and the temporary work folders that carry scene data out to the child process.
 
-A work folder is named ``<prefix><pid>-<random>`` after the Slicer process that made it, under Slicer's temporary
-path. Scene data exported for a run (patient volumes) lives there only while the run does: the job removes it when
-it ends, and :func:`removeStaleWorkFolders`, called when a logic is created, removes what a crashed Slicer left
-behind. A folder that holds a finished model (``<folder>/<sub>/model.json``) is never removed: a finished model is
-never thrown away.
+Nothing here names a module: a logic is a :class:`JobOwner` with its ``moduleName`` ("SSLSegmentation",
+"SSLPretrain"), which prefixes its work folders and its log lines.
+
+A work folder is named ``<moduleName>-<purpose>-<pid>-<random>`` after the Slicer process that made it, under
+Slicer's temporary path. Scene data exported for a run (patient volumes) lives there only while the run does: the job
+removes it when it ends, and :func:`removeStaleWorkFolders`, called when a logic is created, removes what a crashed
+Slicer left behind. A folder that holds a finished model (``<folder>/<sub>/model.json``) is never removed: a
+finished model is never thrown away.
 
 Console::
 
-    from SSLSegmentationLib.jobs import Job, removeStaleWorkFolders
-    job = Job("download", ["models", "download", "ResEncL-OpenMind-S3D", "--progress", "json"]).start()
+    from SSLCommonLib.jobs import Job, removeStaleWorkFolders
+    job = Job("download", ["models", "download", "ResEncL-OpenMind-S3D", "--progress", "json"],
+              moduleName="SSLSegmentation").start()
     job.waitForCompletion()
-    removeStaleWorkFolders()       # -> the folders it removed
+    removeStaleWorkFolders("SSLSegmentation")       # -> the folders it removed
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -29,11 +33,11 @@ from sslseg.errors import UserError
 
 from .processRunner import ProcessCancelled, ProcessFailed, ProcessRunner, pythonModuleCommand
 
-WORK_FOLDER_PREFIXES = ("SSLSegmentation-", "SSLPretrain-")
 STALE_AFTER_SECONDS = 24 * 3600
 HEARTBEAT_SECONDS = 60  # a running job touches its work folder this often, so that it never looks stale
-_OWNER_PID = re.compile(r"^SSL(?:Segmentation|Pretrain)-(?:[A-Za-z]+-)?(\d+)-")
+ENDING_SECONDS = 10  # how long Job.end waits for the killed run's last output before it returns
 _ACTIVE_WORK_FOLDERS = set()  # work folders of this process's jobs that have not ended
+_RUNNING_JOBS = set()  # this process's started jobs that have not ended (ended when the application quits)
 
 
 def engineCommand(args):
@@ -54,7 +58,8 @@ def temporaryParent():
 
 
 def makeTemporaryFolder(prefix):
-    """A new work folder ``<prefix><pid>-<random>`` under :func:`temporaryParent`."""
+    """A new work folder ``<prefix><pid>-<random>`` under :func:`temporaryParent` (``prefix``: see
+    :meth:`JobOwner.makeWorkFolder`)."""
     parent = temporaryParent()
     os.makedirs(parent, exist_ok=True)
     return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
@@ -96,20 +101,26 @@ def holdsFinishedModel(folder):
     return None
 
 
-def _isStale(entry, now, maxAge):
+def _ownerPid(moduleName):
+    """The pattern of ``moduleName``'s work folder names; group 1 is the id of the Slicer process that made it."""
+    return re.compile(rf"^{re.escape(moduleName)}-(?:[A-Za-z]+-)?(\d+)-")
+
+
+def _isStale(entry, ownerPid, now, maxAge):
     if os.path.abspath(entry.path) in _ACTIVE_WORK_FOLDERS:
         return False
-    match = _OWNER_PID.match(entry.name)
+    match = ownerPid.match(entry.name)
     if match and not processAlive(int(match.group(1))):
         return True
     return now - entry.stat(follow_symlinks=False).st_mtime > maxAge
 
 
-def removeStaleWorkFolders(parent=None, maxAge=STALE_AFTER_SECONDS, now=None):
-    """Remove the work folders under ``parent`` (default :func:`temporaryParent`) whose Slicer process has ended,
-    or that no running job has touched for ``maxAge`` seconds. Folders of this process's running jobs and folders
-    holding a finished model are kept (the latter are logged). Returns the removed paths."""
+def removeStaleWorkFolders(moduleName, parent=None, maxAge=STALE_AFTER_SECONDS, now=None):
+    """Remove ``moduleName``'s work folders under ``parent`` (default :func:`temporaryParent`) whose Slicer process
+    has ended, or that no running job has touched for ``maxAge`` seconds. Folders of this process's running jobs and
+    folders holding a finished model are kept (the latter are logged). Returns the removed paths."""
     parent = parent or temporaryParent()
+    prefix, ownerPid = moduleName + "-", _ownerPid(moduleName)
     now = time.time() if now is None else now
     removed = []
     try:
@@ -117,21 +128,21 @@ def removeStaleWorkFolders(parent=None, maxAge=STALE_AFTER_SECONDS, now=None):
     except OSError:
         return removed
     for entry in entries:
-        if not entry.name.startswith(WORK_FOLDER_PREFIXES) or not entry.is_dir(follow_symlinks=False):
+        if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
             continue
         try:
-            if not _isStale(entry, now, maxAge):
+            if not _isStale(entry, ownerPid, now, maxAge):
                 continue
         except OSError:
             continue
         model = holdsFinishedModel(entry.path)
         if model:
-            logging.warning("SSLSegmentation: a finished model is kept in %s (add it with 'Import model')", model)
+            logging.warning("%s: a finished model is kept in %s (add it with 'Import model')", moduleName, model)
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.path)
     if removed:
-        logging.info("SSLSegmentation: removed %d work folder(s) left by ended runs: %s", len(removed),
+        logging.info("%s: removed %d work folder(s) left by ended runs: %s", moduleName, len(removed),
                      ", ".join(removed))
     return removed
 
@@ -149,11 +160,14 @@ class Job:
     """One background run (fine-tuning, segmentation, download). ``status``: "running", "succeeded", "failed",
     "cancelled"; ``result`` (model path, segmentation node, ...) when succeeded; ``errorMessage`` otherwise.
 
-    Callbacks: ``onEvent(event)`` (JSON progress events), ``onLog(text)``, ``onFinished(job)``. ``complete(done)``
-    turns the engine's "done" event into the result; raising :class:`ResultKept` there keeps the work folder."""
+    ``moduleName`` starts its log lines. Callbacks: ``onEvent(event)`` (JSON progress events), ``onLog(text)``,
+    ``onFinished(job)``. ``complete(done)`` turns the engine's "done" event into the result; raising
+    :class:`ResultKept` there keeps the work folder."""
 
-    def __init__(self, kind, args, workFolder=None, complete=None, onEvent=None, onLog=None, onFinished=None):
+    def __init__(self, kind, args, moduleName, workFolder=None, complete=None, onEvent=None, onLog=None,
+                 onFinished=None):
         self.kind = kind
+        self.moduleName = moduleName
         self.workFolder = os.path.abspath(workFolder) if workFolder else None
         self._complete = complete
         self.onFinished = onFinished
@@ -162,6 +176,8 @@ class Job:
         self.errorMessage = None
         self.keptPath = None  # where a finished result was kept when it could not be put in place
         self.status = "running"
+        self.endReason = None  # why the job was ended without a Cancel: "the scene was closed", ...
+        self._whenEnded = []  # callables run once when the process has ended, before onFinished
         self._lastHeartbeat = 0.0
         if self.workFolder:
             _ACTIVE_WORK_FOLDERS.add(self.workFolder)
@@ -197,7 +213,12 @@ class Job:
             self.status, self.errorMessage = "failed", str(error)
             self._removeWorkFolder()
             raise
+        _RUNNING_JOBS.add(self)
         return self
+
+    def whenEnded(self, callback):
+        """Call ``callback()`` once when the process has ended, whatever the outcome (before ``onFinished``)."""
+        self._whenEnded.append(callback)
 
     def poll(self):
         return self.runner.poll()
@@ -206,7 +227,32 @@ class Job:
         self.runner.cancel()
         self.runner.poll()
 
+    def end(self, reason):
+        """End the run as Cancel does (process tree killed, nothing registered or added to the scene, work folder
+        removed), because of ``reason`` ("the scene was closed", ...), which is logged and kept in ``endReason``."""
+        if self.status != "running":
+            return
+        self.endReason = reason
+        logging.warning("%s: %s ended because %s", self.moduleName, self.kind, reason)
+        if self.onLog:
+            try:
+                self.onLog(f"{self.kind} ended because {reason}")
+            except Exception:  # noqa: BLE001 - e.g. a panel already gone at quit: the run must still end
+                logging.exception("%s: onLog callback failed", self.moduleName)
+        self.cancel()
+        # finish here, not at a later timer tick that may never come (quit): the killed tree's output pipes close
+        # within moments, then the end is reported (nothing added, work folder removed)
+        deadline = time.monotonic() + ENDING_SECONDS
+        while self.poll() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def _processFinished(self, runner):
+        _RUNNING_JOBS.discard(self)
+        for callback in self._whenEnded:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - the run's outcome must still be reported
+                logging.exception("%s: clean-up after %s failed", self.moduleName, self.kind)
         keep = False
         try:
             if runner.status == "succeeded":
@@ -222,7 +268,7 @@ class Job:
                 try:
                     self.onFinished(self)
                 except Exception:  # noqa: BLE001
-                    logging.exception("SSLSegmentation: onFinished callback failed")
+                    logging.exception("%s: onFinished callback failed", self.moduleName)
 
     def _useResult(self, done):
         """Status and result from the "done" event; True when the work folder must be kept."""
@@ -232,12 +278,12 @@ class Job:
             return False
         except ResultKept as error:
             self.status, self.errorMessage, self.keptPath = "failed", str(error), error.path
-            logging.error("SSLSegmentation: %s", error)
+            logging.error("%s: %s", self.moduleName, error)
             if self.onLog:
                 self.onLog(str(error))
             return True
         except Exception as error:  # noqa: BLE001 - importing the result failed: report, keep nothing
-            logging.exception("SSLSegmentation: %s result could not be used", self.kind)
+            logging.exception("%s: %s result could not be used", self.moduleName, self.kind)
             self.status, self.errorMessage = "failed", str(error)
             return False
 
@@ -252,10 +298,46 @@ class Job:
         return self.result
 
 
-class JobOwner:
-    """One background job at a time: what the logics of both modules share."""
+def endRunningJobs(reason="the application quit"):
+    """End every job of this process that still runs (see :meth:`Job.end`); called when the application quits, so
+    that no training process outlives Slicer (the runner starts it in a session of its own, which would not get
+    Slicer's end)."""
+    for job in list(_RUNNING_JOBS):
+        job.end(reason)
 
+
+atexit.register(endRunningJobs)
+
+
+def _currentScene():
+    """``slicer.mrmlScene`` where there is one (Slicer, the test harness), else None."""
+    try:
+        import slicer
+    except ImportError:
+        return None
+    return getattr(slicer, "mrmlScene", None)
+
+
+class JobOwner:
+    """One background job at a time: what a module's logic inherits. Subclasses set ``moduleName``.
+
+    A started job ends (as on Cancel) when the scene starts closing: its inputs came from that scene and its
+    result would go into the next one. Nothing is then added to either scene."""
+
+    moduleName = None
     currentJob = None
+
+    def makeWorkFolder(self, purpose=""):
+        """A new work folder ``<moduleName>-<purpose>-<pid>-<random>`` (see the module docstring)."""
+        return makeTemporaryFolder(f"{self.moduleName}-{purpose + '-' if purpose else ''}")
+
+    def removeStaleWorkFolders(self):
+        """This module's work folders left by ended runs (see :func:`removeStaleWorkFolders`)."""
+        return removeStaleWorkFolders(self.moduleName)
+
+    def newJob(self, kind, args, **options):
+        """A :class:`Job` (not started) that logs as this module."""
+        return Job(kind, args, self.moduleName, **options)
 
     def _refuseIfRunning(self):
         job = self.currentJob
@@ -269,10 +351,22 @@ class JobOwner:
             job._removeWorkFolder()  # the refused job's inputs were already written out
             raise
         self.currentJob = job
-        if waitForCompletion:
-            job.start(autoPoll=False)
-            return job.waitForCompletion()
-        return job.start()
+        job.start(autoPoll=False if waitForCompletion else None)
+        self._endWithScene(job)
+        return job.waitForCompletion() if waitForCompletion else job
+
+    @staticmethod
+    def _endWithScene(job):
+        scene = _currentScene()
+        if scene is None or not hasattr(scene, "StartCloseEvent"):
+            return
+        tag = scene.AddObserver(scene.StartCloseEvent, lambda caller, event: job.end("the scene was closed"))
+        job.whenEnded(lambda: scene.RemoveObserver(tag))
+
+    def endRun(self, reason):
+        """End the running job, if any, because of ``reason`` (the panel: the module was left or closed)."""
+        if self.currentJob is not None:
+            self.currentJob.end(reason)
 
     def cancel(self):
         """Cancel the running job: its process tree is killed; nothing is registered or added to the scene."""

@@ -1,13 +1,16 @@
 """What the SSLSegmentation and SSLPretrain panels share: loading the .ui file, the parameter node's life cycle
-(scene close, enter/exit), the dependency check before a run, the log box and the live chart.
+(scene close, enter/exit), the end of a run when the module is left or closed, the dependency check before a run,
+the device note, the log box and the live chart.
 
-Runs inside Slicer only (Qt, CTK and MRML widgets). Every widget used here (``logTextEdit``, ``deviceNoteLabel``)
-exists in both modules' .ui files (checked by the tests).
+The panel runs inside Slicer only (Qt, CTK and MRML widgets); the parameter node binding and the device note need
+no Qt and are tested on slicer-core. Every widget used here (``logTextEdit``, ``deviceNoteLabel``) exists in both
+modules' .ui files (checked by the tests).
 """
 
 from __future__ import annotations
 
 import slicer
+import vtk
 from slicer.util import VTKObservationMixin
 
 from .installLogic import InstallError
@@ -29,9 +32,45 @@ def formatSeconds(seconds):
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
+# Slicer's parameterNodeWrapper: the widget property that names the parameter a widget shows
+PARAMETER_NAME_PROPERTY = "SlicerParameterName"
+
+
+def connectParameterWidgets(parameterNode, ui):
+    """Bind the widgets of ``ui`` (``slicer.util.childWidgetVariables``) that name a parameter to ``parameterNode``,
+    as ``connectGui(ui)`` does, and return the tag that ``disconnectGui`` takes. ``connectGui`` itself returns None in
+    Slicer 5.8 (it drops the tag of ``connectParametersToGui``), and ``disconnectGui(None)`` disconnects nothing."""
+    widgets = {}
+    for widget in vars(ui).values():
+        name = widget.property(PARAMETER_NAME_PROPERTY) if hasattr(widget, "property") else None
+        if name:
+            widgets[str(name)] = widget
+    return parameterNode.connectParametersToGui(widgets)
+
+
+def torchReady(installLogic):
+    """True when torch may be imported: installed at a version the engine accepts. Importing an older torch before
+    the upgrade offer (``installLogic.ensure``) would pin it in memory (and lock its files on Windows) until Slicer
+    restarts."""
+    return installLogic.torchMissing() is False
+
+
+def deviceNote(installLogic, cpuText):
+    """The panel's line about the device: the GPU's name, ``cpuText`` without a CUDA GPU, or that torch comes at first
+    use. torch is imported only when :func:`torchReady`."""
+    if not torchReady(installLogic):
+        return _("torch is installed at first use (through the PyTorch extension).")
+    import torch
+
+    return _("GPU: {name}").format(name=torch.cuda.get_device_name(0)) if torch.cuda.is_available() else cpuText
+
+
 class ModulePanelBase(VTKObservationMixin):
     """The panel of a module: subclasses connect their widgets in ``__init__`` after calling this one, and define
-    ``setParameterNode``, ``updateButtons`` and ``updateDeviceNote``."""
+    ``showParameterNode`` (the widgets ``connectGui`` does not bind), ``updateButtons`` and ``updateDeviceNote``.
+
+    A run in progress ends (process tree killed, nothing added to the scene) when the module is left, when the
+    panel is closed (module reload, application quit) and when the scene closes (the logic does that one)."""
 
     uiFile = None  # path below the module's Resources folder, e.g. "UI/SSLSegmentation.ui"
 
@@ -42,6 +81,7 @@ class ModulePanelBase(VTKObservationMixin):
         self.installLogic = installLogic
         self.parameterNode = None
         self._parameterNodeGuiTag = None
+        self._guiConnectedTo = None  # the parameter node the widgets are bound to (None: not bound)
         self.chart = None  # ProgressChart of the current or last run
         self.job = None  # the running background job, if any
 
@@ -58,19 +98,19 @@ class ModulePanelBase(VTKObservationMixin):
     # -- parameter node --
 
     def cleanup(self):
-        if self.isRunning():
-            self.job.cancel()  # a closing Slicer must not leave a training process behind
+        self.logic.endRun("the module was closed")  # a closing Slicer must not leave a training process behind
+        self.setParameterNode(None)
         self.removeObservers()
-        self._disconnectParameterNode()
 
     def enter(self):
         self.initializeParameterNode()
 
     def exit(self):
+        self.logic.endRun("the module was left")
         self._disconnectParameterNode()
 
     def onSceneStartClose(self, caller, event):
-        self._disconnectParameterNode()
+        self.setParameterNode(None)
         self.chart = None  # its nodes go with the scene
 
     def onSceneEndClose(self, caller, event):
@@ -80,11 +120,30 @@ class ModulePanelBase(VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
 
+    def setParameterNode(self, parameterNode):
+        """Show ``parameterNode`` (None: none). The widgets and the observer of the node shown before are released
+        first whenever one was bound, whatever ``connectGui`` returned, as Slicer's scripted module template does."""
+        self._disconnectParameterNode()
+        self.parameterNode = parameterNode
+        if parameterNode is None:
+            return
+        self._parameterNodeGuiTag = connectParameterWidgets(parameterNode, self.ui)
+        self._guiConnectedTo = parameterNode
+        self.addObserver(parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self.showParameterNode()
+        self.onParameterNodeModified()
+
+    def showParameterNode(self):
+        """Subclasses: show ``self.parameterNode`` in the widgets that are not bound to it by name."""
+
     def _disconnectParameterNode(self):
-        if self.parameterNode is not None and self._parameterNodeGuiTag is not None:
-            self.parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObservers(self.onParameterNodeModified)
+        bound = self._guiConnectedTo
+        if bound is None:
+            return
+        self._guiConnectedTo = None
+        bound.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNodeGuiTag = None
+        self.removeObserver(bound.parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onParameterNodeModified(self, caller=None, event=None):
         """Subclasses that observe the parameter node update the derived widgets here."""
