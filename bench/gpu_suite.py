@@ -269,14 +269,15 @@ def rank(context) -> dict:
 def slicer_job(context) -> dict:
     """What the Slicer module's logic runs for "Segment": a background ``Job`` (its process runner, JSON progress
     events, the engine found through PYTHONPATH) running ``sslseg predict`` on the device."""
-    sys.path.insert(0, os.path.join(REPO, "SSLSegmentation"))
-    from SSLSegmentationLib.jobs import Job
+    sys.path.insert(0, os.path.join(REPO, "SSLCommon"))
+    from SSLCommonLib.jobs import Job
 
     settings, out = context["settings"], os.path.join(context["work"], "slicer-job")
     events = []
     started = time.monotonic()
     job = Job("segmentation", ["predict", "--model", context["model"], "--input", context["test"][0][0], "--output",
-                               out, "--device", settings["device"], "--progress", "json"], onEvent=events.append)
+                               out, "--device", settings["device"], "--progress", "json"], "SSLSegmentation",
+              onEvent=events.append)
     job.start(autoPoll=False)
     result = job.waitForCompletion(timeout=300)
     devices = {e.get("device") for e in events if e.get("event") == "start"}
