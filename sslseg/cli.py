@@ -54,8 +54,8 @@ def main(argv=None):
         print(f"sslseg {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except OSError as error:  # the environment, not the program: a full disk, a folder we may not write
-        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
-        print(f"sslseg {args.command}: error: {one_line(error.strerror or error)}{where}", file=sys.stderr)
+        where = f"{error.filename}: " if getattr(error, "filename", None) else ""
+        print(f"sslseg {args.command}: error: {where}{one_line(error.strerror or error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"sslseg {args.command}: cancelled", file=sys.stderr)
