@@ -6,3 +6,7 @@ The CLI prints them as one line without a traceback; the Slicer modules show the
 
 class UserError(ValueError):
     """Bad input or a refused operation, with a message that says what to do."""
+
+
+class OutOfMemory(RuntimeError):
+    """The machine ran out of memory mid-run; the message names the option that helps (the CLI: one line, exit 1)."""
