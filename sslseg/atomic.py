@@ -308,6 +308,28 @@ def exclusive_lock(path, refuse=None):
         _release(path, descriptor)
 
 
+@contextlib.contextmanager
+def hold_output(target, option: str):
+    """Within the block this process is the only sslseg run writing ``target`` (a model folder, an output
+    folder): its lock ``.<name>.lock`` beside it is held, and the hidden files that killed runs left beside it or in
+    it (``.partial-<pid>-...``) are removed first. A second run is refused with one line (``UserError``) naming
+    the first one's process."""
+    from sslseg.errors import UserError
+
+    target = os.path.abspath(os.fspath(target)).rstrip(os.sep) or os.sep
+
+    def refuse(owner):
+        holder = f" (process {owner})" if owner else ""
+        return UserError(f"another sslseg run{holder} is writing {option} {target}; wait for it to finish or "
+                         f"choose another {option}")
+
+    with exclusive_lock(lock_path(target), refuse):
+        remove_stale_partials(os.path.dirname(target), os.path.basename(target))
+        if os.path.isdir(target):
+            remove_stale_partials(target)
+        yield
+
+
 def _acquire(path: str) -> int:
     while True:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

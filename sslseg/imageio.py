@@ -270,6 +270,19 @@ def write_image(array: np.ndarray, geometry: Geometry, path, compress: bool = Tr
     return path
 
 
+def readable_image(path) -> bool:
+    """Whether ``path`` is a non-empty image file whose header reads (cheap: the voxels are not read)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return False
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(os.fspath(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    return True
+
+
 GZIP_MAGIC = b"\x1f\x8b"
 HEADER_SLACK = 1 << 16  # at most this many header bytes before the voxels (NIfTI: 352; NRRD: its text header)
 

@@ -52,12 +52,12 @@ def run_reported(reporter, work, command: str | None = None):
     """Run ``work()``; in JSON mode every failure also becomes an ``error`` event on stdout before the usual
     one-line message (UserError, exit 2; OSError or memory running out, exit 1) or traceback (a bug) on stderr.
     ``command`` picks the hint for running out of memory (``MEMORY_HINTS``)."""
-    from sslseg.errors import OutOfMemory
+    from sslseg.errors import OutOfMemory, os_error_line
 
     try:
         return work()
     except (UserError, OSError, OutOfMemory) as error:  # one line on stderr from sslseg.cli.main
-        reporter.error(str(error))
+        reporter.error(os_error_line(error) if isinstance(error, OSError) else str(error))
         raise
     except KeyboardInterrupt:
         reporter.error("cancelled")

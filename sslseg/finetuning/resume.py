@@ -30,7 +30,8 @@ import json
 import os
 import time
 
-from sslseg.atomic import exclusive_lock, lock_path, remove_quietly, remove_stale_partials, torch_save_atomic
+from sslseg.atomic import hold_output as atomic_hold_output
+from sslseg.atomic import remove_quietly, remove_stale_partials, torch_save_atomic
 from sslseg.errors import UserError
 
 CHECKPOINT_EVERY = 300.0  # seconds: about 0.1 % of the run per checkpoint on the cpu preset (docs/benchmarks.md)
@@ -45,19 +46,11 @@ def checkpoint_path(out) -> str:
 
 @contextlib.contextmanager
 def hold_output(out, option: str = "--out"):
-    """Within the block this process is the only sslseg run writing ``out``; hidden files that killed runs left
-    beside it (``.partial-<pid>-...``) are removed first."""
-    out = os.path.abspath(os.fspath(out)).rstrip(os.sep)
-
-    def refuse(owner):
-        holder = f" (process {owner})" if owner else ""
-        return UserError(f"another sslseg run{holder} is writing {option} {out}; wait for it to finish or choose "
-                         f"another {option}")
-
-    with exclusive_lock(lock_path(out), refuse):
-        directory, base = os.path.split(out)
-        for name in (base, os.path.basename(checkpoint_path(out))):
-            remove_stale_partials(directory, name)
+    """``sslseg.atomic.hold_output`` for a model folder; a checkpoint that a run killed while saving left half
+    written (``.partial-<pid>-...``) is removed too."""
+    with atomic_hold_output(out, option):
+        directory, base = os.path.split(checkpoint_path(out))
+        remove_stale_partials(directory, base)
         yield
 
 
