@@ -344,8 +344,9 @@ def _acquire(path: str) -> int:
             current = None
         # the holder before us removes the file as it releases: a lock on a removed file locks nothing
         if current is not None and os.path.samestat(current, os.fstat(descriptor)):
-            os.ftruncate(descriptor, 0)
-            os.write(descriptor, f"{os.getpid()}\n".encode())
+            with contextlib.suppress(OSError):  # the pid only names the holder: a full disk must not stop the run
+                os.ftruncate(descriptor, 0)
+                os.write(descriptor, f"{os.getpid()}\n".encode())
             return descriptor
         _unlock(descriptor)
         os.close(descriptor)
