@@ -140,13 +140,14 @@ class FullDisk:
         if self.mode != "tmpfs":
             return
         filler = os.path.join(self.root, "filler")
-        with open(filler, "ab") as stream:
-            try:
-                while True:
-                    stream.write(b"\0" * 4096)
-                    stream.flush()
-            except OSError:
+        descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while os.write(descriptor, b"\0" * 4096):
                 pass
+        except OSError:
+            pass  # full
+        finally:
+            os.close(descriptor)
         if leave:
             os.truncate(filler, max(0, os.path.getsize(filler) - leave))
 

@@ -49,7 +49,7 @@ def test_two_predictions_into_one_folder(dataset, model, tmp_path):
                "--device", "cpu", "--progress", "none")
     first = start(*options)
     try:
-        wait_for(_holds_lock(tmp_path / ".segs.lock", first), first, what="the first run's lock")
+        wait_for(_holds_lock(out / ".sslseg.lock", first), first, what="the first run's lock")
         second = run(*options)
         assert second.returncode == 2 and f"another sslseg run (process {first.pid})" in second.stderr
     finally:
@@ -74,7 +74,7 @@ def test_killed_download_releases_its_lock_and_resumes(server, tmp_path, monkeyp
     and resumes the partial file (HTTP Range)."""
     from sslseg.backbones import cache
 
-    name = "ResEncL-OpenMind-MAE"
+    name = "ResEncL-OpenMind-VF"  # no published sha256: _publish serves its own file
     checkpoint = _publish(server, name, tmp_path)
     monkeypatch.setenv("SSLSEG_BACKBONE_MIRROR", server.url + "/mirror")
     release = threading.Event()

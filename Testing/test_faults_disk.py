@@ -112,7 +112,7 @@ def test_import_on_a_full_disk_registers_nothing(tmp_path, monkeypatch):
     checkpoint = [p for p in source.iterdir() if p.suffix == ".pth"][0]
     home = tmp_path / "home"
     limit = os.path.getsize(checkpoint) // 2
-    result = run("models", "import", checkpoint, "--name", "my-backbone", "--progress", "none",
+    result = run("models", "import", checkpoint, "--name", "my-backbone",
                  file_size_limit=limit, env={"SSLSEG_HOME": str(home)})
     one_error_line(result, "File too large", "my-backbone")
     assert not partial_files(home)

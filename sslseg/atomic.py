@@ -39,9 +39,10 @@ PARTIAL_PREFIX = ".partial-"
 _counter = itertools.count()
 # causes of a failed write that the user can act on (a full disk or quota, a read-only disk, no permission, a size limit)
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
-# how torch.save and SimpleITK report a write that failed part-way (they lose the errno)
+# how torch.save, SimpleITK and numpy report a write that failed part-way (they lose the errno)
 _WRITER_FAILURES = re.compile(r"inline_container|PytorchStreamWriter|file write failed|Error writing|"
-                              r"Could not write|unable to write|ImageFileWriter", re.IGNORECASE)
+                              r"Could not write|unable to write|ImageFileWriter|\d+ requested and \d+ written",
+                              re.IGNORECASE)
 MIN_FREE_BYTES = 1 << 20  # less free space than this after a failed write: the disk is full
 
 
@@ -115,7 +116,7 @@ def disk_failure(error: BaseException, path: str, partial: str | None = None):
             return None  # another file's error (an input that cannot be read): not this write's
         code = error.errno
     elif isinstance(error, IncompleteWrite) or \
-            (isinstance(error, RuntimeError) and _WRITER_FAILURES.search(str(error))):
+            (isinstance(error, (RuntimeError, OSError)) and _WRITER_FAILURES.search(str(error))):
         code = write_cause(os.path.dirname(path), partial)
     else:
         return None
@@ -309,21 +310,23 @@ def exclusive_lock(path, refuse=None):
 
 
 @contextlib.contextmanager
-def hold_output(target, option: str):
+def hold_output(target, option: str, inside: bool = False):
     """Within the block this process is the only sslseg run writing ``target`` (a model folder, an output
-    folder): its lock ``.<name>.lock`` beside it is held, and the hidden files that killed runs left beside it or in
-    it (``.partial-<pid>-...``) are removed first. A second run is refused with one line (``UserError``) naming
+    folder): its lock ``.<name>.lock`` beside it (``inside``: ``.sslseg.lock`` in the existing folder ``target``,
+    for outputs whose parent may not be writable) is held, and the hidden files that killed runs left beside it or
+    in it (``.partial-<pid>-...``) are removed first. A second run is refused with one line (``UserError``) naming
     the first one's process."""
     from sslseg.errors import UserError
 
     target = os.path.abspath(os.fspath(target)).rstrip(os.sep) or os.sep
+    lock = os.path.join(target, ".sslseg.lock") if inside else lock_path(target)
 
     def refuse(owner):
         holder = f" (process {owner})" if owner else ""
         return UserError(f"another sslseg run{holder} is writing {option} {target}; wait for it to finish or "
                          f"choose another {option}")
 
-    with exclusive_lock(lock_path(target), refuse):
+    with exclusive_lock(lock, refuse):
         remove_stale_partials(os.path.dirname(target), os.path.basename(target))
         if os.path.isdir(target):
             remove_stale_partials(target)

@@ -437,15 +437,15 @@ def predict(model, inputs, output, device: str = "auto", overlap: float = 0.5, t
     check_inputs_readable(_model_meta(model), plans, str(getattr(model, "path", None) or model))
     if not isinstance(skip_finished, bool):
         raise UserError(f"skip_finished (--continue) must be True or False (got {skip_finished!r})")
-    with hold_output(output, "--output"):  # one run per output folder; stale .partial-* files of killed runs go
-        finished = finished_outputs(plans, uncertainty) if skip_finished else {}
-        torch_device, note = resolve_device(device)
-        if not isinstance(model, Model):
-            model = load_model(model)
-        model.network.to(torch_device).eval()
-        tta = True if tta is None and (torch_device.type == "cuda" or uncertainty) else tta  # None: per case, CPU
-        settings = _Settings(torch_device, overlap, tta, sw_batch_size, uncertainty)
-        os.makedirs(output, exist_ok=True)
+    torch_device, note = resolve_device(device)
+    if not isinstance(model, Model):
+        model = load_model(model)
+    model.network.to(torch_device).eval()
+    tta = True if tta is None and (torch_device.type == "cuda" or uncertainty) else tta  # None: per case, CPU
+    settings = _Settings(torch_device, overlap, tta, sw_batch_size, uncertainty)
+    os.makedirs(output, exist_ok=True)
+    with hold_output(output, "--output", inside=True):  # one run per folder; stale .partial-* files go
+        finished = finished_outputs(plans) if skip_finished else {}
         todo = [plan for plan in plans if plan.name not in finished]
         reporter.start(total_steps=len(todo), device=str(torch_device), note=note)
         if finished:
@@ -461,7 +461,7 @@ def predict(model, inputs, output, device: str = "auto", overlap: float = 0.5, t
     return written
 
 
-def finished_outputs(plans, uncertainty: bool) -> dict:
+def finished_outputs(plans) -> dict:
     """{case name: plan} of the cases whose every output already exists and reads back (every write is atomic,
     so an existing output is whole): what ``skip_finished`` keeps. A case with only some of its outputs is done
     again."""
