@@ -35,6 +35,7 @@ from sslseg.atomic import remove_quietly, remove_stale_partials, torch_save_atom
 from sslseg.errors import UserError
 
 CHECKPOINT_EVERY = 300.0  # seconds: about 0.1 % of the run per checkpoint on the cpu preset (docs/benchmarks.md)
+MAX_COST = 0.01  # with the default interval, checkpoints take at most this share of the training time
 FORMAT = "sslseg-finetune-checkpoint-1"
 
 
@@ -65,9 +66,11 @@ class Checkpointer:
     def __init__(self, out, every=None, reporter=None):
         self.path = checkpoint_path(out)
         self.every = CHECKPOINT_EVERY if every is None else float(every)
+        self.bounded = every is None  # the default interval grows to keep checkpoints under MAX_COST of the run
         self.reporter = reporter
         self.last = time.monotonic()
         self.seconds = []  # how long each save took
+        self.size = 0  # bytes of the last one
 
     def load(self):
         """The saved state, or None when there is none."""
@@ -92,7 +95,10 @@ class Checkpointer:
         """Save when ``every`` seconds have passed since the last save (never after the last step: the model
         folder comes next)."""
         now = time.monotonic()
-        if not self.every or now - self.last < self.every or trainer.step >= trainer.schedule.total:
+        interval = self.every
+        if self.bounded and self.seconds:  # a large network on a slow disk: fewer checkpoints, not a slower run
+            interval = max(interval, self.seconds[-1] / MAX_COST)
+        if not self.every or now - self.last < interval or trainer.step >= trainer.schedule.total:
             return False
         self.save(trainer)
         return True
@@ -102,6 +108,7 @@ class Checkpointer:
         torch_save_atomic(trainer_state(trainer), self.path)
         self.last = time.monotonic()
         self.seconds.append(self.last - began)
+        self.size = os.path.getsize(self.path)
 
     def remove(self) -> None:
         remove_quietly(self.path)
@@ -119,6 +126,20 @@ def run_identity(trainer) -> dict:
     })
 
 
+def shared_like(state, reference):
+    """``state`` (a copy of a state dict, every tensor separate) with the keys that share one tensor in
+    ``reference`` pointing at one tensor again: ResEnc's state dict names most weights several times (3.7x its
+    parameters for ResEnc-L), and torch.save writes a shared tensor once."""
+    if state is None:
+        return None
+    owners, result = {}, {}
+    for key, tensor in reference.items():
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        owner = owners.setdefault(where, key)
+        result[key] = result[owner] if owner in result and owner != key else state[key]
+    return result
+
+
 def trainer_state(trainer) -> dict:
     """Everything a resumed run needs to continue where ``trainer`` is now."""
     import torch
@@ -129,10 +150,11 @@ def trainer_state(trainer) -> dict:
         "identity": run_identity(trainer),
         "step": trainer.step,
         "schedule": trainer.schedule.to_dict(),
-        "network": trainer.cpu_state(),
+        "network": trainer.network.state_dict(),  # aliased tensors (ResEnc's all_modules) stored once
         "optimizer": trainer.optimizer.state_dict(),
         "scaler": trainer.scaler.state_dict(),
-        "best": {**_plain({k: v for k, v in best.items() if k != "state"}), "state": best["state"]},
+        "best": {**_plain({k: v for k, v in best.items() if k != "state"}),
+                 "state": shared_like(best["state"], trainer.network.state_dict())},
         "history": _plain(trainer.history),
         "losses": [float(loss) for loss in trainer.losses],
         "nonfinite": int(trainer.nonfinite),

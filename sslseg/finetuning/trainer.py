@@ -470,8 +470,8 @@ class FineTuner:
         self.checkpointer.remove()  # the run is finished: nothing to resume
         seconds = self.checkpointer.seconds
         if seconds:
-            self.reporter.log(f"{len(seconds)} checkpoint(s) for --resume: mean {sum(seconds) / len(seconds):.3f} s, "
-                              f"at most {max(seconds):.3f} s each")
+            self.reporter.log(f"{len(seconds)} checkpoint(s) of {self.checkpointer.size / 1e6:.1f} MB for --resume: "
+                              f"mean {sum(seconds) / len(seconds):.3f} s, at most {max(seconds):.3f} s each")
         self.reporter.done(model=path)
         return path
 
