@@ -37,7 +37,7 @@ import shutil
 
 PARTIAL_PREFIX = ".partial-"
 _counter = itertools.count()
-# causes of a failed write that the user can act on (a full disk or quota, a read-only disk, no permission, a size limit)
+# causes of a failed write the user can act on (a full disk or quota, a read-only disk, no permission, a size limit)
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 # how torch.save, SimpleITK and numpy report a write that failed part-way (they lose the errno)
 _WRITER_FAILURES = re.compile(r"inline_container|PytorchStreamWriter|file write failed|Error writing|"

@@ -95,8 +95,8 @@ class FineTuner:
     def run(self) -> str:
         """The whole run, one named step after the other."""
         self.check_options()
-        self.claim_output()
         self.read_data()
+        self.claim_output()
         self.build_network()
         self.plan_preprocessing()
         self.preprocess()
