@@ -26,6 +26,12 @@ ENV = {"SSLSEG_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 FINETUNE = ("--preset", "test", "--device", "cpu", "--seed", "3", "--progress", "none")
 
 
+@pytest.fixture(autouse=True)
+def private_home(tmp_path, monkeypatch):
+    """Every fault test (and the processes it starts) has its own SSLSEG_HOME: never the user's backbone cache."""
+    monkeypatch.setenv("SSLSEG_HOME", str(tmp_path / "sslseg-home"))
+
+
 @pytest.fixture(scope="module")
 def dataset(hippocampus_dir, tmp_path_factory):
     """Six real hippocampus cases copied for the module (the shared data are never touched)."""

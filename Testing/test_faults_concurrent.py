@@ -11,7 +11,8 @@ import random
 import sys
 import threading
 
-from faults import FINETUNE, dataset, kill_when, model, partial_files, run, start, tree_digest, wait_for  # noqa: F401
+from faults import (FINETUNE, dataset, kill_when, model, partial_files, private_home, run, start,  # noqa: F401
+                    tree_digest, wait_for)
 from test_backbones_download import _publish, server  # noqa: F401 - the local HTTP server fixture
 
 
@@ -75,6 +76,7 @@ def test_killed_download_releases_its_lock_and_resumes(server, tmp_path, monkeyp
     from sslseg.backbones import cache
 
     name = "ResEncL-OpenMind-VF"  # no published sha256: _publish serves its own file
+    monkeypatch.setenv("SSLSEG_HOME", str(tmp_path / "home"))  # never the user's cache
     checkpoint = _publish(server, name, tmp_path)
     monkeypatch.setenv("SSLSEG_BACKBONE_MIRROR", server.url + "/mirror")
     release = threading.Event()

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from faults import (FINETUNE, FullDisk, dataset, full_disk, kill_when, model, mount_tmpfs,  # noqa: F401
-                    one_error_line, partial_files, run, start, tree_digest)
+                    one_error_line, partial_files, private_home, run, start, tree_digest)
 
 
 def _no_empty_files(root):

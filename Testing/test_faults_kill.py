@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from faults import (FINETUNE, dataset, kill_when, model, partial_files, run, start,  # noqa: F401
+from faults import (FINETUNE, dataset, kill_when, model, partial_files, private_home, run, start,  # noqa: F401
                     tree_digest, whole_images)
 
 SEED = int(os.environ.get("SSLSEG_FAULT_SEED", "22"))
