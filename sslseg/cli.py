@@ -10,7 +10,7 @@ import importlib
 import sys
 
 from sslseg import __version__
-from sslseg.errors import UserError
+from sslseg.errors import OutOfMemory, UserError, os_error_line
 from sslseg.validation import one_line
 
 
@@ -54,8 +54,10 @@ def main(argv=None):
         print(f"sslseg {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except OSError as error:  # the environment, not the program: a full disk, a folder we may not write
-        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
-        print(f"sslseg {args.command}: error: {one_line(error.strerror or error)}{where}", file=sys.stderr)
+        print(f"sslseg {args.command}: error: {os_error_line(error)}", file=sys.stderr)
+        return 1
+    except OutOfMemory as error:
+        print(f"sslseg {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"sslseg {args.command}: cancelled", file=sys.stderr)

@@ -27,6 +27,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
+from sslseg.atomic import disk_failure
 from sslseg.errors import UserError
 
 TASK = "Task04_Hippocampus"
@@ -98,6 +99,9 @@ def download_demo_data(url: str = URL, md5: str = MD5, target: str | None = None
             with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as stream:
                 shutil.copyfileobj(response, stream, 1 << 20)
         except (urllib.error.URLError, OSError, TimeoutError) as error:
+            failure = disk_failure(error, final)
+            if failure is not None and not isinstance(error, urllib.error.URLError):
+                raise failure from None  # a full disk, not the network: one line naming where it was going
             raise UserError(
                 f"could not download the sample data from {url} ({getattr(error, 'reason', error)}). Without a "
                 f"network, download {TASK}.tar elsewhere (or use the copy in ../shared/data), unpack it and run "

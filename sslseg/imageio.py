@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from sslseg.atomic import atomic_file
+from sslseg.atomic import IncompleteWrite, atomic_file
 from sslseg.errors import UserError
 from sslseg.validation import one_line
 
@@ -264,9 +265,57 @@ def write_image(array: np.ndarray, geometry: Geometry, path, compress: bool = Tr
         raise UserError(f"cannot write {path}: formats with a separate data file (.nhdr, .mhd) are not written; "
                         "use .nrrd, .mha or .nii.gz")
     image = image_from_array(array, geometry)
-    with atomic_file(path) as partial:
+    with atomic_file(path, check=lambda partial: check_image_file(partial, image)) as partial:
         sitk.WriteImage(image, partial, compress)
     return path
+
+
+def readable_image(path) -> bool:
+    """Whether ``path`` is a non-empty image file whose header reads (cheap: the voxels are not read)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return False
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(os.fspath(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    return True
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+HEADER_SLACK = 1 << 16  # at most this many header bytes before the voxels (NIfTI: 352; NRRD: its text header)
+
+
+def check_image_file(path, image: sitk.Image) -> None:
+    """Raise ``IncompleteWrite`` unless the file SimpleITK wrote at ``path`` is whole: its header reads back with
+    ``image``'s size, and every voxel byte is there (for gzip data the length in the gzip trailer, RFC 1952; else
+    the file's size). SimpleITK's NIfTI writer does not report a full disk: this is what notices. Cheap: reads the
+    header and the last 4 bytes, never the voxels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(os.fspath(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise IncompleteWrite(f"{path}: the header does not read back") from None
+    if tuple(reader.GetSize()) != tuple(image.GetSize()):
+        raise IncompleteWrite(f"{path}: the header reads back with size {reader.GetSize()}")
+    data = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+    size = os.path.getsize(path)
+    with open(path, "rb") as stream:
+        head = stream.read(HEADER_SLACK)
+        gzipped = head.startswith(GZIP_MAGIC) or b"encoding: gz" in head.split(b"\n\n", 1)[0]
+        meta_compressed = re.search(rb"CompressedDataSize = (\d+)", head)  # MetaImage (.mha): a zlib stream
+        if meta_compressed:
+            data = int(meta_compressed.group(1))
+        if not gzipped:
+            if size < data:
+                raise IncompleteWrite(f"{path}: {size} bytes for {data} bytes of voxels")
+            return
+        stream.seek(max(size - 4, 0))
+        length = struct.unpack("<I", stream.read(4).rjust(4, b"\0"))[0]  # uncompressed length modulo 2^32
+    if (length - data) % (1 << 32) >= HEADER_SLACK:
+        raise IncompleteWrite(f"{path}: the compressed data end early")
 
 
 def resample_to_grid(array: np.ndarray, source: Geometry, target: Geometry, is_label: bool) -> np.ndarray:

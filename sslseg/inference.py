@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sslseg.atomic import hold_output
 from sslseg.device import mixed_precision, parse_device, resolve_device
 from sslseg.errors import UserError
 from sslseg.imageio import IMAGE_SUFFIXES, has_image_suffix
@@ -424,7 +425,7 @@ class _Settings:
 
 def predict(model, inputs, output, device: str = "auto", overlap: float = 0.5, tta: bool | None = None,
             seg_nrrd: bool = False, output_format: str = "nii.gz", progress="none", sw_batch_size: int | None = None,
-            uncertainty: bool = False):
+            uncertainty: bool = False, skip_finished: bool = False):
     """Segment ``inputs`` (a file, folder, or list) with ``model`` (a folder, a packed ``.sslmodel`` file, or a
     loaded ``Model``) and write the results into the folder ``output``. Returns the written files (a
     ``Predictions`` list). ``tta`` (mirroring) defaults to on with CUDA or ``uncertainty``; on the CPU, where it
@@ -432,6 +433,9 @@ def predict(model, inputs, output, device: str = "auto", overlap: float = 0.5, t
     ``sw_batch_size``: windows per forward pass (None: from free GPU memory; 2 on the CPU). ``uncertainty``: also
     write ``<case>_uncertainty.nii.gz`` (the normalised entropy of the TTA-averaged softmax, float32, on the
     input's grid) and put each case's summary into the return value's ``uncertainty`` and the ``done`` event.
+
+    ``skip_finished``: keep the cases whose outputs a killed run already wrote (``--continue``). One run writes an
+    output folder at a time (``sslseg.atomic.hold_output``: a second one is refused).
 
     Everything is checked before the model's weights are loaded: the options, every output path (no output may
     land on an input), model.json, and every input, read once."""
@@ -444,6 +448,8 @@ def predict(model, inputs, output, device: str = "auto", overlap: float = 0.5, t
     plans = plan_outputs(files, output, output_format, seg_nrrd, protected=_model_files(model),
                          uncertainty=uncertainty)
     check_inputs_readable(_model_meta(model), plans, str(getattr(model, "path", None) or model))
+    if not isinstance(skip_finished, bool):
+        raise UserError(f"skip_finished (--continue) must be True or False (got {skip_finished!r})")
     torch_device, note = resolve_device(device)
     if not isinstance(model, Model):
         model = load_model(model)
@@ -451,14 +457,49 @@ def predict(model, inputs, output, device: str = "auto", overlap: float = 0.5, t
     tta = True if tta is None and (torch_device.type == "cuda" or uncertainty) else tta  # None: per case, CPU
     settings = _Settings(torch_device, overlap, tta, sw_batch_size, uncertainty)
     os.makedirs(output, exist_ok=True)
-    reporter.start(total_steps=len(plans), device=str(torch_device), note=note)
-    tta_text = (f"on for cases of at most {CPU_TTA_MAX_WINDOWS} windows" if tta is None else "on" if tta else "off")
-    reporter.log(f"model: {model.summary()}; mirroring TTA {tta_text}, overlap {overlap}"
-                 f"{', uncertainty maps' if uncertainty else ''}")
-    written = _predict_all(model, plans, settings, reporter)
+    with hold_output(output, "--output", inside=True):  # one run per folder; stale .partial-* files go
+        finished = finished_outputs(plans) if skip_finished else {}
+        todo = [plan for plan in plans if plan.name not in finished]
+        reporter.start(total_steps=len(todo), device=str(torch_device), note=note)
+        if finished:
+            reporter.log(f"--continue: {len(finished)} case(s) already finished in {output} kept, {len(todo)} to go")
+        tta_text = (f"on for cases of at most {CPU_TTA_MAX_WINDOWS} windows" if tta is None else "on" if tta
+                    else "off")
+        reporter.log(f"model: {model.summary()}; mirroring TTA {tta_text}, overlap {overlap}"
+                     f"{', uncertainty maps' if uncertainty else ''}")
+        written = _predict_all(model, todo, settings, reporter)
+    written = _with_finished(written, plans, finished, model.labels)
     extra = {"uncertainty": written.uncertainty} if uncertainty else {}
     reporter.done(outputs=[os.path.abspath(p) for p in written], **extra)
     return written
+
+
+def finished_outputs(plans) -> dict:
+    """{case name: plan} of the cases whose every output already exists and reads back (every write is atomic,
+    so an existing output is whole): what ``skip_finished`` keeps. A case with only some of its outputs is done
+    again."""
+    from sslseg.imageio import readable_image
+
+    return {plan.name: plan for plan in plans if all(readable_image(target) for target in plan.targets)}
+
+
+def _with_finished(written, plans, finished: dict, labels) -> Predictions:
+    """The files of every case in input order, the kept ones included (their uncertainty summaries read back)."""
+    from sslseg.imageio import read_image
+    from sslseg.uncertainty import summarize
+
+    if not finished:
+        return written
+    result = Predictions(uncertainty=written.uncertainty)
+    new = set(written)
+    for plan in plans:
+        result += [target for target in plan.targets if plan.name in finished or target in new]
+        if plan.name in finished and plan.uncertainty_target:
+            summary = summarize(read_image(plan.targets[0])[0], read_image(plan.uncertainty_target)[0], labels)
+            result.uncertainty[plan.name] = {**summary, "file": os.path.abspath(plan.uncertainty_target)}
+    result.uncertainty = {plan.name: result.uncertainty[plan.name] for plan in plans
+                          if plan.name in result.uncertainty}
+    return result
 
 
 def _predict_all(model, plans, settings, reporter) -> Predictions:

@@ -45,7 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sslseg import validation
-from sslseg.atomic import atomic_file, partial_path, remove_quietly
+from sslseg.atomic import (atomic_file, check_zip_file, partial_path, remove_quietly, save_torch, sync_file,
+                           write_errors)
 from sslseg.errors import UserError
 from sslseg.preprocessing import MAX_CHANNELS, NORMALIZATIONS, Preprocessor
 
@@ -475,22 +476,22 @@ def save_model(out, meta: dict, state_dict) -> str:
     """Write a model folder at ``out`` atomically: a hidden sibling is filled, then renamed into place; on any
     failure (Ctrl-C and SIGTERM included) the sibling is removed. An existing model folder at ``out`` is replaced;
     any other non-empty folder is refused."""
-    import torch
-
     out = os.path.abspath(os.fspath(out))
     check_output_folder(out)
     meta = {"format": FORMAT, **meta}
     meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     meta.setdefault("versions", package_versions())
     check_model_meta(meta, out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     temporary = partial_path(out)
     try:
-        os.makedirs(temporary)
-        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, os.path.join(temporary, WEIGHTS))
-        with open(os.path.join(temporary, MODEL_JSON), "w", encoding="utf-8") as stream:
-            json.dump(meta, stream, indent=1)
-        _move_into_place(temporary, out)
+        with write_errors(out):  # a full disk: one OSError naming --out, not torch's RuntimeError
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            os.makedirs(temporary)
+            save_torch({k: v.detach().cpu() for k, v in state_dict.items()}, os.path.join(temporary, WEIGHTS))
+            with open(os.path.join(temporary, MODEL_JSON), "w", encoding="utf-8") as stream:
+                json.dump(meta, stream, indent=1)
+            sync_file(os.path.join(temporary, MODEL_JSON))
+            _move_into_place(temporary, out)
     finally:
         remove_quietly(temporary)  # gone already after a successful rename
     return out
@@ -567,7 +568,7 @@ def pack_model(folder, file=None) -> str:
     folder = os.path.abspath(os.fspath(folder))
     file = check_pack_target(file or folder.rstrip(os.sep) + PACKED_SUFFIX, folder)
     load_model(folder)  # refuse to pack something that does not load
-    with atomic_file(file, make_parent=False) as partial, \
+    with atomic_file(file, make_parent=False, check=check_zip_file) as partial, \
             zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.write(os.path.join(folder, MODEL_JSON), MODEL_JSON)
         archive.write(os.path.join(folder, WEIGHTS), WEIGHTS)

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from sslseg.atomic import atomic_file
-from sslseg.imageio import Geometry, image_from_array
+from sslseg.imageio import Geometry, check_image_file, image_from_array
 from sslseg.model_folder import check_terminology
 
 
@@ -73,6 +73,6 @@ def write_seg_nrrd(labels: np.ndarray, geometry: Geometry, segments, path) -> st
     image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
     image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
     image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
-    with atomic_file(path) as partial:
+    with atomic_file(path, check=lambda partial: check_image_file(partial, image)) as partial:
         sitk.WriteImage(image, partial, True)
     return path

@@ -15,7 +15,7 @@ import hashlib
 import os
 import shutil
 
-from sslseg.atomic import remove_quietly, write_json_atomic
+from sslseg.atomic import remove_quietly, sync_file, write_errors, write_json_atomic
 from sslseg.errors import UserError
 from sslseg.validation import int_in_range, read_json_file
 
@@ -195,7 +195,13 @@ def _check_published_hash(entry, name: str, source: str, digest: str):
 
 
 def _stage_and_install(source: str, plan_beside, name: str, entry, digest: str):
-    """Assemble the backbone in a private folder in the cache, validate that copy, then swap it into place."""
+    """Assemble the backbone in a private folder in the cache, validate that copy, then swap it into place (a full
+    disk: one line naming the cache folder)."""
+    with write_errors(cache.entry_dir(name)):
+        _stage_and_install_unguarded(source, plan_beside, name, entry, digest)
+
+
+def _stage_and_install_unguarded(source: str, plan_beside, name: str, entry, digest: str):
     staged = cache.staging_dir(name)
     try:
         checkpoint_name = entry["files"]["checkpoint"]["filename"] if entry else os.path.basename(source)
@@ -224,6 +230,7 @@ def _copy_hashing(source: str, target: str) -> str:
         for block in iter(lambda: reader.read(1 << 20), b""):
             digest.update(block)
             writer.write(block)
+    sync_file(target)  # a write error the file system reports late surfaces here, before the swap
     return digest.hexdigest()
 
 

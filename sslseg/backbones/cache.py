@@ -16,12 +16,11 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import re
 
-from sslseg.atomic import partial_path, remove_quietly, write_json_atomic
+from sslseg.atomic import exclusive_lock, partial_path, remove_quietly, write_json_atomic
 from sslseg.errors import UserError
 from sslseg.validation import read_json_file
 
@@ -128,77 +127,13 @@ def remove_if_empty(name: str):
 @contextlib.contextmanager
 def exclusive(name: str):
     """Hold the lock of backbone ``name`` for a download or import; UserError at once when another process (or
-    thread) holds it. The lock file is removed on release."""
+    thread) holds it (``sslseg.atomic.exclusive_lock``: a killed holder releases it)."""
     check_name(name)
-    os.makedirs(backbones_dir(), exist_ok=True)
-    path = os.path.join(backbones_dir(), f".{name}.lock")
-    descriptor = _acquire(path, name)
-    try:
+
+    def refuse(owner):
+        holder = f" (process {owner})" if owner else ""
+        return UserError(f"another download or import of {name} is in progress{holder}; wait for it to finish (or "
+                         "stop it) and try again")
+
+    with exclusive_lock(os.path.join(backbones_dir(), f".{name}.lock"), refuse):
         yield
-    finally:
-        _release(path, descriptor)
-
-
-class _Busy(Exception):
-    """Another process (or thread) holds the lock."""
-
-
-def _acquire(path: str, name: str):
-    while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            _lock(descriptor)
-        except _Busy:
-            os.close(descriptor)
-            raise UserError(f"another download or import of {name} is in progress; wait for it to finish (or stop "
-                            "it) and try again") from None
-        try:
-            current = os.stat(path)
-        except FileNotFoundError:
-            current = None
-        # the holder before us removes the file as it releases: a lock on a removed file locks nothing
-        if current is not None and os.path.samestat(current, os.fstat(descriptor)):
-            os.write(descriptor, f"{os.getpid()}\n".encode())
-            return descriptor
-        _unlock(descriptor)
-        os.close(descriptor)
-
-
-def _release(path: str, descriptor: int):
-    remove_quietly(path)      # POSIX: removed while still held, so nobody can lock the old file after us
-    _unlock(descriptor)
-    os.close(descriptor)
-
-
-def _lock(descriptor: int):
-    if os.name == "nt":
-        import msvcrt
-
-        try:
-            msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            raise _Busy() from None
-        return
-    import fcntl
-
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise _Busy() from None
-    except OSError as error:
-        # a file system without locks (some network mounts): go on unlocked rather than refuse every download
-        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            raise
-
-
-def _unlock(descriptor: int):
-    with contextlib.suppress(OSError):
-        if os.name == "nt":
-            import msvcrt
-
-            os.lseek(descriptor, 0, os.SEEK_SET)
-            msvcrt.locking(descriptor, msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(descriptor, fcntl.LOCK_UN)

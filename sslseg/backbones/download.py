@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 
 from sslseg import __version__
-from sslseg.atomic import PARTIAL_PREFIX, remove_quietly
+from sslseg.atomic import PARTIAL_PREFIX, commit, remove_quietly, write_errors
 from sslseg.errors import UserError
 from sslseg.validation import parse_json_bytes
 
@@ -129,8 +129,9 @@ def download_file(url: str, target: str, sha256: str = None, progress=None, size
     returns the sha256."""
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     partial = staged_path(target)
-    digest = fetch(url, partial, sha256, progress, size)
-    os.replace(partial, target)
+    with write_errors(target):
+        digest = fetch(url, partial, sha256, progress, size)
+        commit(partial, target)
     return digest
 
 
@@ -174,7 +175,8 @@ def download_backbone(name: str, progress=None, force: bool = False) -> str:
         if meta and not force:
             return cache.cached_checkpoint(name)
         try:
-            return _download_locked(name, entry, meta, progress)
+            with write_errors(cache.entry_dir(name)):  # a full disk: one line naming the cache folder
+                return _download_locked(name, entry, meta, progress)
         finally:
             cache.remove_if_empty(name)
 
@@ -199,8 +201,8 @@ def _download_locked(name: str, entry: dict, meta, progress) -> str:
         digest = fetch(url, partial, expected, progress, spec.get("size"))
         _check_checkpoint(partial, url, name, entry, plan)
         if plan_partial:
-            os.replace(plan_partial, os.path.join(folder, files["plan"]["filename"]))
-        os.replace(partial, os.path.join(folder, spec["filename"]))
+            commit(plan_partial, os.path.join(folder, files["plan"]["filename"]))
+        commit(partial, os.path.join(folder, spec["filename"]))
     except TRANSFER_ERRORS as error:      # other OSErrors (a full disk) are not the network's: raised as they are
         raise _transfer_error(name, entry, url, error) from None
     finally:

@@ -31,18 +31,43 @@ def add_inference_arguments(parser, tta_default: str):
     parser.add_argument("--seg-nrrd", action="store_true", help="also write Slicer .seg.nrrd files")
 
 
-def run_reported(reporter, work):
+# What helps when memory runs out, per command (the options each one has)
+MEMORY_HINTS = {
+    "finetune": "try a smaller --batch-size or --patch (on a GPU, --max-memory-gb fits both under a limit)",
+    "predict": "try --batch-size 1 (windows per pass) or a machine with more memory",
+    "rank": "try --batch-size 1 (windows per pass) or a machine with more memory",
+    "pretrain": "try a smaller --batch or --patch",
+}
+# how torch reports an allocation that failed (CPU allocator, CUDA caching allocator), besides MemoryError
+_OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory", "out of memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _OUT_OF_MEMORY)
+
+
+def run_reported(reporter, work, command: str | None = None):
     """Run ``work()``; in JSON mode every failure also becomes an ``error`` event on stdout before the usual
-    one-line message (UserError, exit 2) or traceback (a bug) on stderr."""
+    one-line message (UserError, exit 2; OSError or memory running out, exit 1) or traceback (a bug) on stderr.
+    ``command`` picks the hint for running out of memory (``MEMORY_HINTS``)."""
+    from sslseg.errors import OutOfMemory, os_error_line
+
     try:
         return work()
-    except (UserError, OSError) as error:  # one line on stderr from sslseg.cli.main; OSError: disk full, no access
-        reporter.error(str(error))
+    except (UserError, OSError, OutOfMemory) as error:  # one line on stderr from sslseg.cli.main
+        reporter.error(os_error_line(error) if isinstance(error, OSError) else str(error))
         raise
     except KeyboardInterrupt:
         reporter.error("cancelled")
         raise
     except Exception as error:  # noqa: BLE001 - reported, then re-raised with its traceback
+        if is_out_of_memory(error):  # the machine, not a bug: one line naming what helps
+            hint = MEMORY_HINTS.get(command, "try smaller settings or a machine with more memory")
+            message = f"out of memory ({type(error).__name__}): {hint}. Nothing was written or registered"
+            reporter.error(message)
+            raise OutOfMemory(message) from None
         reporter.error(f"{type(error).__name__}: {error}")
         traceback.print_exc(file=sys.stderr)
         raise SystemExit(1) from None

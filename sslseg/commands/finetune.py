@@ -10,7 +10,13 @@ EPILOG = """examples:
   sslseg finetune --backbone my_backbone.pth --images a.nii.gz b.nii.gz --labels a_seg.nii.gz b_seg.nii.gz \\
       --label-names Liver Tumour --out models/liver --progress json
 
-The model folder holds model.json and model.pt; it appears at --out only when training finished."""
+The model folder holds model.json and model.pt; it appears at --out only when training finished.
+
+Interrupted runs: every --checkpoint-every seconds (default 300) the whole training state is saved atomically to
+a hidden file beside --out (.<name>.resume.pth). After a crash, a kill or a cancel, the same command with --resume
+continues from there and ends as the uninterrupted run would have (same steps and schedule; on the CPU the same
+weights); the file is removed when the model is written. Only one run may write an --out at a time: a second one
+is refused with the first one's process id."""
 
 
 def add_parser(subparsers):
@@ -53,6 +59,11 @@ def add_parser(subparsers):
     parser.add_argument("--init-model", metavar="PATH",
                         help="continue from a fine-tuned model folder or .sslmodel: its trained weights are the "
                              "starting point and the recipe's warm-ups run again")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run of --out from its last checkpoint (same options; without "
+                             "a checkpoint it starts from step 0)")
+    parser.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                        help="save the training state for --resume every SECONDS (default 300; 0 = never)")
     add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
@@ -66,7 +77,7 @@ def _check_options(args):
         steps=args.steps, batch_size=args.batch_size, patch_size=args.patch, seed=args.seed, max_lr=args.max_lr,
         time_limit=args.time_limit, val_cases=args.val_cases, max_memory_gb=args.max_memory_gb,
         label_info=args.label_info, preset=args.preset, device=args.device, out=args.out, pack=args.pack,
-        init_model=args.init_model)
+        init_model=args.init_model, checkpoint_every=args.checkpoint_every)
 
 
 def run(args):
@@ -82,6 +93,10 @@ def run(args):
         names = {i + 1: n for i, n in enumerate(args.label_names)} if args.label_names else None
         # passed only when given, so that an engine without the keyword keeps working
         extra = {"init_model": options.init_model} if options.init_model else {}
+        if args.resume:
+            extra["resume"] = True
+        if options.checkpoint_every is not None:
+            extra["checkpoint_every"] = options.checkpoint_every
         path = sslseg.finetune(
             args.backbone, data=args.data, images=args.images, labels=args.labels, out=options.out,
             preset=options.preset, device=options.device, steps=options.steps, val_cases=options.val_cases,
@@ -95,4 +110,4 @@ def run(args):
         return 0
 
     with sigterm_cancels():
-        return run_reported(reporter, work)
+        return run_reported(reporter, work, "finetune")

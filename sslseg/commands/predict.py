@@ -19,7 +19,12 @@ input's grid; its summary per case (mean, per segment, a ranking score) comes in
 
 Everything is checked before the model is loaded: the options, every output path (no output may land on an input,
 a link to one included; no two inputs or outputs may share a name) and every input (readable, complete, the
-model's channel count, no NaN/Inf voxels)."""
+model's channel count, no NaN/Inf voxels).
+
+Each output file appears whole or not at all (written to a hidden .partial-* file, checked, then renamed). A killed
+run leaves only whole outputs; the same command with --continue segments only the cases still missing. One run
+writes an --output folder at a time: a second one is refused with the first one's process id. A full disk or a
+folder that cannot be written ends the run with one line naming the file (exit 1)."""
 
 
 def add_parser(subparsers):
@@ -36,6 +41,9 @@ def add_parser(subparsers):
     parser.add_argument("--format", choices=("nii.gz", "nii", "nrrd"), default="nii.gz", help="label file format")
     parser.add_argument("--uncertainty", action="store_true",
                         help="also write <case>_uncertainty maps and summarise them per case (turns TTA on)")
+    parser.add_argument("--continue", "--skip-existing", dest="skip_finished", action="store_true",
+                        help="finish an interrupted run: keep the cases whose outputs are all in --output already "
+                             "and segment only the others")
     add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
@@ -51,11 +59,12 @@ def run(args):
 
         written = predict(args.model, args.input, args.output, device=args.device, overlap=args.overlap,
                           tta=args.tta, seg_nrrd=args.seg_nrrd, output_format=args.format, progress=reporter,
-                          sw_batch_size=args.batch_size, uncertainty=args.uncertainty)
+                          sw_batch_size=args.batch_size, uncertainty=args.uncertainty,
+                          **({"skip_finished": True} if args.skip_finished else {}))
         if args.progress == "bar":
             for path in written:
                 print(path)
         return 0
 
     with sigterm_cancels():  # Cancel in Slicer sends SIGTERM: stop cleanly, no half-written file
-        return run_reported(reporter, work)
+        return run_reported(reporter, work, "predict")

@@ -98,4 +98,4 @@ def run(args):
         return 0
 
     with sigterm_cancels():
-        return run_reported(reporter, work)
+        return run_reported(reporter, work, "pretrain")

@@ -52,4 +52,4 @@ def run(args):
         return 0
 
     with sigterm_cancels():  # Cancel in Slicer sends SIGTERM: stop cleanly, no half-written file
-        return run_reported(reporter, work)
+        return run_reported(reporter, work, "rank")

@@ -23,6 +23,7 @@ Presets (sslseg.presets) set the step counts; the CPU preset swaps SGD for AdamW
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import math
 import os
@@ -78,6 +79,8 @@ class Request:
     step_callback: object = None
     arch: object = None
     init_model: object = None
+    resume: bool = False
+    checkpoint_every: float | None = None
 
 
 class FineTuner:
@@ -87,11 +90,13 @@ class FineTuner:
         self.request = request
         self.reporter = request.progress if isinstance(request.progress, Reporter) else Reporter(request.progress)
         self.started = time.monotonic()
+        self.held = contextlib.ExitStack()  # the --out lock (claim_output), released by finetune() however run() ends
 
     def run(self) -> str:
         """The whole run, one named step after the other."""
         self.check_options()
         self.read_data()
+        self.claim_output()
         self.build_network()
         self.plan_preprocessing()
         self.preprocess()
@@ -113,6 +118,21 @@ class FineTuner:
         self.request = r = dataclasses.replace(r, **{name: getattr(options, name) for name in CHECKED_OPTIONS})
         self.device, self.device_note = resolve_device(r.device)
         self.preset = get_preset(r.preset or default_preset(self.device.type))
+
+    def claim_output(self):
+        """One run per --out at a time (``sslseg.finetuning.resume.hold_output``); the checkpoint of an interrupted
+        run found, to continue with ``resume`` (else replaced at this run's first checkpoint)."""
+        from sslseg.finetuning import resume
+
+        self.held.enter_context(resume.hold_output(self.request.out))
+        self.checkpointer = resume.Checkpointer(self.request.out, self.request.checkpoint_every, self.reporter)
+        self.saved = self.checkpointer.load() if self.request.resume else None
+        if self.request.resume and self.saved is None:
+            self.reporter.log(f"--resume: no checkpoint of an interrupted run at {self.checkpointer.path}; "
+                              "starting from step 0")
+        elif not self.request.resume and self.checkpointer.exists():
+            self.reporter.log(f"note: {self.checkpointer.path} holds an interrupted run; this run starts afresh "
+                              "and replaces it (--resume continues it)")
 
     def read_data(self):
         """Every case read and checked; the labels, the channel count and the train/validation split fixed."""
@@ -286,9 +306,10 @@ class FineTuner:
         self.step, self.losses, self.history, self.last_emit = 0, collections.deque(maxlen=20), [], 0.0
         self.nonfinite = torch.zeros((), dtype=torch.int32, device=self.device)  # non-finite losses so far
         self.best = {"mean": -1.0, "dice": None, "step": None, "state": None}
-        self.feed = BatchFeed(self.sampler, self.device)
         self.train_started = time.monotonic()
         self.budget.start_window(0, self.train_started)
+        self.resume_saved()
+        self.feed = BatchFeed(self.sampler, self.device, first_step=self.step)
         try:
             while self.step < self.schedule.total:
                 self.maybe_unfreeze()
@@ -304,6 +325,7 @@ class FineTuner:
                 if validated:
                     self.feed.clock.pause()  # validation is no wait for data
                 self.maybe_report(phase, loss, lr, validated)
+                self.checkpointer.maybe_save(self)
         finally:
             self.feed.close()
             if self.memory_fit is not None and self.request.max_memory_gb:
@@ -312,6 +334,15 @@ class FineTuner:
                 release_limit(self.device)
         self.train_seconds = time.monotonic() - self.train_started
         self.report_resources()
+
+    def resume_saved(self):
+        """With ``resume``: continue from the interrupted run's checkpoint (``sslseg.finetuning.resume``)."""
+        from sslseg.finetuning.resume import restore
+
+        if self.saved is not None:
+            restore(self, self.saved, self.checkpointer.path)
+            self.saved = None
+            self.reporter.log(f"resumed at step {self.step} of {self.schedule.total} from {self.checkpointer.path}")
 
     def maybe_unfreeze(self):
         """At the end of the decoder warm-up the encoder joins the optimiser."""
@@ -436,6 +467,11 @@ class FineTuner:
         state = self.best["state"] if self.best["state"] is not None else self.cpu_state()
         self.network.decoder.deep_supervision = False
         path = save_model(self.request.out, self.model_meta(), state)
+        self.checkpointer.remove()  # the run is finished: nothing to resume
+        seconds = self.checkpointer.seconds
+        if seconds:
+            self.reporter.log(f"{len(seconds)} checkpoint(s) of {self.checkpointer.size / 1e6:.1f} MB for --resume: "
+                              f"mean {sum(seconds) / len(seconds):.3f} s, at most {max(seconds):.3f} s each")
         self.reporter.done(model=path)
         return path
 
@@ -557,14 +593,16 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
              steps=None, val_cases=None, seed=0, progress="bar", label_names=None, label_info=None,
              time_limit=None, max_memory_gb=None, batch_size=None, patch_size=None, val_case_ids=None,
              max_lr=None, optimizer=None, train_case_ids=None, keep_best=True,
-             step_callback=None, arch=None, init_model=None):
+             step_callback=None, arch=None, init_model=None, resume=False, checkpoint_every=None):
     """Fine-tune ``backbone`` (a backbone name or checkpoint file, or ``"none"`` to train from scratch) on a dataset
     folder ``data`` (nnU-Net/MSD layout) or on explicit ``images``/``labels`` lists; write the model folder ``out``.
     Returns the model folder's path. Every input is checked before training starts.
 
     ``init_model``: continue from a fine-tuned model (a model folder or ``.sslmodel`` file) instead of a backbone:
     its network and weights (a fresh segmentation head when the label count differs) and its preprocessing plan;
-    the recipe's warm-ups run again. ``time_limit`` (seconds; 0 = none; default from the preset) fixes the number
+    the recipe's warm-ups run again. ``resume``: continue the interrupted run of ``out`` from its checkpoint, saved
+    every ``checkpoint_every`` seconds (default 300; 0 = none) beside ``out`` (``sslseg.finetuning.resume``).
+    ``time_limit`` (seconds; 0 = none; default from the preset) fixes the number
     of steps from the speed measured in the first steps, so that the whole run (validation included) ends in about
     that time. ``keep_best``: keep the weights with the best validation Dice (default) rather than the last ones.
     ``step_callback(step=, phase=, loss=, network=, optimizer=)`` is called after every optimiser step (raising in it
@@ -578,4 +616,6 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
                                     preset="cpu", steps=300, progress="bar")
     """
     request = Request(**locals())  # every keyword argument above, by name
-    return trainer_class(request)(request).run()
+    trainer = trainer_class(request)(request)
+    with trainer.held:  # the --out lock, released however the run ends
+        return trainer.run()

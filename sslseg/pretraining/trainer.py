@@ -26,7 +26,7 @@ import math
 import os
 from dataclasses import asdict
 
-from sslseg.atomic import torch_save_atomic, write_json_atomic
+from sslseg.atomic import remove_stale_partials, torch_save_atomic, write_json_atomic
 from sslseg.device import mixed_precision, resolve_device
 from sslseg.errors import UserError
 from sslseg.pretraining import data
@@ -128,6 +128,7 @@ class PretrainingRun:
                             "another --out folder")
         if self.dist.is_main:
             os.makedirs(self.out, exist_ok=True)
+            remove_stale_partials(self.out)  # checkpoints a killed run was writing: never taken for one, no pile-up
         self.dist.barrier()
 
     # --- data -----------------------------------------------------------------------------------------------------
