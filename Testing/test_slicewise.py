@@ -44,7 +44,9 @@ def test_thick_slices_plan_a_slice_wise_network_within_the_same_budget():
     plan = make_plan(CARDIAC, "MR", 1, preset, foreground_boxes=CARDIAC_BOXES, config="auto")
     assert plan.configuration == "2d" and plan.slice_axis == 0
     assert plan.reasons[0].startswith("configuration 2d (auto): thick slices along z")
-    assert plan.patch_size[0] == 1 and plan.patch_size[1] >= 200 and plan.patch_size[2] >= 220  # whole slices
+    assert plan.patch_size[0] == 1 and plan.patch_size[1] < 220 and plan.patch_size[2] < 250  # a part of a slice,
+    assert plan.patch_size[1] * 1.5 >= 100 and plan.patch_size[2] * 1.5 >= 110  # holding the labelled region,
+    assert plan.batch_size >= 4  # many of them per step
     config = plan.spec["config"]
     assert config["slice_axis"] == 0 and all(len(k) == 2 for k in config["kernel_sizes"])
     assert all(len(s) == 2 for s in config["strides"]) and plan.stride[0] == 1
@@ -69,6 +71,18 @@ def test_isotropic_data_keeps_the_3d_plan_unchanged():
     assert (auto.patch_size, auto.batch_size, auto.spacing, auto.spec) == \
         (volume.patch_size, volume.batch_size, volume.spacing, volume.spec)
     assert auto.reasons[1:] == volume.reasons[1:]
+
+
+def test_thick_slices_whose_3d_patch_holds_the_slice_stay_3d():
+    """Hippocampus at 5 mm: the 3D patch holds each slice whole, and 3D measured better there."""
+    thick = geometries((7, 50, 36), (1.0, 1.0, 5.0), jitter=4)
+    preset = get_preset("cpu")
+    auto = make_plan(thick, "MR", 1, preset, config="auto")
+    volume = make_plan(thick, "MR", 1, preset, config="3d")
+    assert auto.configuration == "3d" and "thick slices along z" in auto.reasons[0]
+    assert "but a 3D patch within the budget sees 100 % of each slice" in auto.reasons[0]
+    assert (auto.patch_size, auto.batch_size, auto.spec) == (volume.patch_size, volume.batch_size, volume.spec)
+    assert make_plan(thick, "MR", 1, preset, config="2d").configuration == "2d"
 
 
 def test_two_d_can_be_asked_for_on_isotropic_data_and_thin_structures_keep_their_grid():

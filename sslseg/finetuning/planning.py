@@ -28,15 +28,24 @@ et al., "nnU-Net: a self-configuring method for deep learning-based biomedical i
   recommended patch.
 - batch: the budget left by the patch (at least 2, at most what covers 5 % of the training voxels, nnU-Net's cap)
   for a planned network; the recipe's batch (2) for a fixed one; an explicit ``batch_size`` always wins.
+- configuration (``choose_configuration``, ``config="auto"``): slice-wise (2D) where the data is thick-slice (the
+  spacing rule's thick axis) and the 3D plan's patch sees at most a quarter of each slice, else 3D; "2d" and "3d"
+  choose. nnU-Net plans a 2D configuration beside the 3D one for the same reason: a 3D patch within the budget may
+  see every thick slice but a small part of each. The 2D plan
+  (``slice_plan``) keeps the 3D plan's spacing and normalisation, sees every case as one slice (``Fingerprint.
+  slice_wise``), plans an in-plane network by the same rules (``SliceWiseNetwork``: the preset's widths and
+  blocks, ``sslseg.networks.slicewise``) and shares the same budget per step among ``SLICE_BATCH`` slices. A fixed
+  network (backbone, ``--init-model``, ``arch``) keeps its own configuration.
 
 Example::
 
-    plan = make_plan(geometries, modality="MR", in_channels=1, preset=get_preset("cpu"))
-    plan.patch_size, plan.spec["config"]["strides"], plan.reasons
+    plan = make_plan(geometries, modality="MR", in_channels=1, preset=get_preset("cpu"), config="auto")
+    plan.configuration, plan.patch_size, plan.spec["config"]["strides"], plan.reasons
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -56,6 +65,8 @@ AXES = "zyx"  # array axes
 # The slice axis's spacing while a slice-wise plan is made: so thick that the planning rules (minimum patch,
 # shrinking, pooling, kernels, coarsening) never touch it, whatever the data's own slice spacing.
 SLICE_PLANNING_MM = 1e4
+SLICE_SHARE = 0.25  # auto: 2D when a 3D patch sees at most this share of each thick slice
+SLICE_BATCH = 8  # slices per step a slice-wise plan aims at (measured on the cardiac task, docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -175,18 +186,21 @@ def make_plan(train_geometries, modality: str, in_channels: int, preset, stride=
         reasons = ["configuration 3d: the starting network is a 3D network"]
         return volume_plan(fingerprint, modality, in_channels, preset, stride, network_plan, patch_size, batch_size,
                            base_arch, reasons)
-    chosen, axis, reason = choose_configuration(config, fingerprint)
+    volume = None if config == "2d" else volume_plan(fingerprint, modality, in_channels, preset, None, network_plan,
+                                                      patch_size, batch_size, base_arch, [])
+    chosen, axis, reason = choose_configuration(config, fingerprint, volume)
     if chosen == "2d":
         return slice_plan(fingerprint, modality, in_channels, preset, axis, patch_size, batch_size, base_arch,
                           [reason])
-    return volume_plan(fingerprint, modality, in_channels, preset, None, network_plan, patch_size, batch_size,
-                       base_arch, [reason])
+    return dataclasses.replace(volume, reasons=(reason, *volume.reasons))
 
 
-def choose_configuration(config: str, fingerprint: Fingerprint) -> tuple:
+def choose_configuration(config: str, fingerprint: Fingerprint, volume: Plan | None = None) -> tuple:
     """(configuration, slice axis or None, reason). "auto": slice-wise (2D) when the data is thick-slice (the
-    thick-slice rule of ``choose_spacing``: a spacing over 3x the others' and fewer than a third as many slices as
-    the smallest other axis has voxels, nnU-Net's anisotropy rule), else 3D."""
+    thick-slice rule of ``choose_spacing``, nnU-Net's anisotropy rule) and the 3D plan's patch (``volume``) sees at
+    most ``SLICE_SHARE`` of each slice; else 3D. Measured (docs/benchmarks.md): on thick slices whose 3D patch holds
+    the whole slice (hippocampus at 5 mm) 3D is better; on cine-cardiac-like stacks, where it holds a small part of
+    each slice, the slice-wise network is."""
     if config not in CONFIGURATIONS:
         raise UserError(f"--config must be one of {', '.join(CONFIGURATIONS)} (got {config!r})")
     axis = thick_slice_axis(fingerprint)
@@ -197,11 +211,20 @@ def choose_configuration(config: str, fingerprint: Fingerprint) -> tuple:
         return "2d", axis, f"configuration 2d: as asked (slice-wise along {AXES[axis]})"
     if axis is None:
         return "3d", None, "configuration 3d (auto): no thick-slice axis"
-    slices = float(np.median(fingerprint.shapes[:, axis]))
     spacing = np.median(fingerprint.spacings, axis=0)
-    return "2d", axis, (f"configuration 2d (auto): thick slices along {AXES[axis]} ({slices:.0f} slices of "
-                        f"{spacing[axis]:.3g} mm, in-plane {_in_plane_text(spacing, axis)} mm): a 3D patch sees few "
-                        f"slices, a slice-wise network whole slices (--config 3d overrides)")
+    slices = float(np.median(fingerprint.shapes[:, axis]))
+    thick = (f"thick slices along {AXES[axis]} ({slices:.0f} slices of {spacing[axis]:.3g} mm, in-plane "
+             f"{_in_plane_text(spacing, axis)} mm)")
+    median = fingerprint.median_shape(list(reversed(volume.spacing)))
+    seen = [min(p, m) for a, (p, m) in enumerate(zip(volume.patch_size, median)) if a != axis]
+    share = math.prod(seen) / math.prod(m for a, m in enumerate(median) if a != axis)
+    sight = (f"a 3D patch within the budget sees {100 * share:.0f} % of each slice "
+             f"({' x '.join(str(p) for a, p in enumerate(volume.patch_size) if a != axis)} of "
+             f"{' x '.join(f'{m:.0f}' for a, m in enumerate(median) if a != axis)})")
+    if share > SLICE_SHARE:
+        return "3d", None, f"configuration 3d (auto): {thick}, but {sight} (--config 2d overrides)"
+    return "2d", axis, (f"configuration 2d (auto): {thick} and {sight}: slice-wise, larger in-plane patches "
+                        f"(--config 3d overrides)")
 
 
 def _in_plane_text(spacing, axis) -> str:
@@ -426,6 +449,13 @@ class SliceWiseNetwork(PlannedNetwork):
     def __init__(self, base_arch: str, preset, in_channels: int, axis: int):
         super().__init__(base_arch, preset, in_channels)
         self.axis = int(axis)
+        # the step's budget shared by SLICE_BATCH samples: a slice costs little, and a batch of many patches
+        # around the structure sees far more of it per step than two whole slices of mostly background
+        total = self.budget * self.budget_batch
+        self.budget_batch = max(self.budget_batch, SLICE_BATCH)
+        self.budget = total / self.budget_batch
+        self.budget_text = (f"{'x'.join(map(str, preset.budget_patch))} x {preset.batch_size} on {preset.arch} "
+                            f"shared by {self.budget_batch} slices,")
 
     def topology(self, spacing, patch) -> Topology:
         spacing = [s if a != self.axis else SLICE_PLANNING_MM for a, s in enumerate(spacing)]
