@@ -169,7 +169,7 @@ def test_a_short_2d_run_predicts_onto_each_input_grid(cardiac_folder, tmp_path):
     assert "configuration 2d" in model.summary()
     images = sorted(os.path.join(cardiac_folder, "imagesTr", n) for n in os.listdir(
         os.path.join(cardiac_folder, "imagesTr")))[:2]
-    written = sslseg.predict(out, images, str(tmp_path / "pred"), device="cpu")
+    written = sslseg.predict(out, images, str(tmp_path / "pred"), device="cpu", tta=True)  # in-plane mirroring
     for image_path, label_path in zip(images, written):
         source, result = sitk.ReadImage(image_path), sitk.ReadImage(label_path)
         assert result.GetSize() == source.GetSize()
@@ -177,6 +177,11 @@ def test_a_short_2d_run_predicts_onto_each_input_grid(cardiac_folder, tmp_path):
         assert np.allclose(result.GetOrigin(), source.GetOrigin())
         assert np.allclose(result.GetDirection(), source.GetDirection())
         assert set(np.unique(sitk.GetArrayViewFromImage(result))) <= {0, 1, 2, 3}
+    # continuing from it (--init-model) keeps the slice-wise configuration
+    again = sslseg.finetune("none", data=cardiac_folder, out=str(tmp_path / "again"), preset="test", steps=2,
+                            device="cpu", progress="none", init_model=out)
+    plan = json.load(open(os.path.join(again, "model.json"), encoding="utf-8"))["plan"]
+    assert plan["configuration"] == "2d" and plan["patch_size"] == meta["patch_size"]
     # the Slicer module's model list shows the configuration read from model.json
     from SSLSegmentationLib.modelStore import ModelStore
 

@@ -133,7 +133,8 @@ def window_probabilities(network, image, patch_size, device, overlap: float = 0.
         sw_batch_size = window_batch_size(network, padded.shape[0], patch_size, device)
     tensor = torch.from_numpy(np.ascontiguousarray(padded))[None].to(gather)
     total = None
-    flips = mirror_axes_sets(tta)
+    # a one-voxel window axis (a slice-wise model's slice axis) is not mirrored: its windows see the same either way
+    flips = [flip for flip in mirror_axes_sets(tta) if all(patch_size[axis - 2] > 1 for axis in flip)]
     with torch.inference_mode(), _autocast(device, amp):
         for flip in flips:
             source = torch.flip(tensor, flip) if flip else tensor
