@@ -66,6 +66,7 @@ AXES = "zyx"  # array axes
 # shrinking, pooling, kernels, coarsening) never touch it, whatever the data's own slice spacing.
 SLICE_PLANNING_MM = 1e4
 SLICE_SHARE = 0.25  # auto: 2D when a 3D patch sees at most this share of each thick slice
+SLICE_EXTRA_STAGES = 2  # a slice-wise network may have this many more stages than the preset's (cheap in 2D)
 SLICE_BATCH = 8  # slices per step a slice-wise plan aims at (measured on the cardiac task, docs/benchmarks.md)
 
 
@@ -449,6 +450,7 @@ class SliceWiseNetwork(PlannedNetwork):
     def __init__(self, base_arch: str, preset, in_channels: int, axis: int):
         super().__init__(base_arch, preset, in_channels)
         self.axis = int(axis)
+        self.max_stages += SLICE_EXTRA_STAGES
         # the step's budget shared by SLICE_BATCH samples: a slice costs little, and a batch of many patches
         # around the structure sees far more of it per step than two whole slices of mostly background
         total = self.budget * self.budget_batch

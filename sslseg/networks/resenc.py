@@ -177,6 +177,8 @@ def planned_spec(base: str, kernel_sizes, strides, slice_axis: int | None = None
     (``sslseg.networks.slicewise``; kernels and strides along the slice axis are dropped)."""
     config = architecture_kwargs(base)
     stages = len(strides)
+    if slice_axis is not None and stages > config["n_stages"]:
+        config = deeper(config, stages)
     if not 2 <= stages <= config["n_stages"] or len(kernel_sizes) != stages:
         raise ValueError(f"{base}: a plan needs 2..{config['n_stages']} stages with one kernel and stride each")
     planned = dict(config, n_stages=stages, features_per_stage=config["features_per_stage"][:stages],
@@ -189,6 +191,18 @@ def planned_spec(base: str, kernel_sizes, strides, slice_axis: int | None = None
 
         return {"family": FAMILY, "name": f"{base}-2d", "config": slice_config(planned, slice_axis)}
     return {"family": FAMILY, "name": base if planned == config else f"{base}-planned", "config": planned}
+
+
+def deeper(config: dict, stages: int) -> dict:
+    """``config`` with more stages, each as wide and as deep as its last (a slice-wise network's extra stages:
+    in 2D they cost little and widen the field of view)."""
+    extra = stages - config["n_stages"]
+    return dict(config, n_stages=stages,
+                features_per_stage=config["features_per_stage"] + [config["features_per_stage"][-1]] * extra,
+                kernel_sizes=config["kernel_sizes"] + [config["kernel_sizes"][-1]] * extra,
+                strides=config["strides"] + [config["strides"][-1]] * extra,
+                n_blocks_per_stage=config["n_blocks_per_stage"] + [config["n_blocks_per_stage"][-1]] * extra,
+                n_conv_per_stage_decoder=config["n_conv_per_stage_decoder"] + [1] * extra)
 
 
 # Per output element of a convolution, the instance norm, the activation and the memory traffic of the training step
