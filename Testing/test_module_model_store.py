@@ -48,6 +48,7 @@ def test_add_list_rename_delete(modelFolder, tmp_path):
     assert model["name"] == "hippocampus" and model["path"] == path
     assert [l["name"] for l in model["labels"]] == ["Anterior", "Posterior"]
     assert model["backbone"] == "none (from scratch)" and model["mean_dice"] == 0.5 and model["size_mb"] > 0
+    assert model["configuration"] == "3d"  # model.json without a plan: the 3D configuration
     # names: unique suggestions, refused duplicates and bad names
     assert store.uniqueName("hippocampus") == "hippocampus (2)"
     assert store.uniqueName("a/b:c") == "a-b-c"

@@ -1,11 +1,16 @@
 """The developers' own second and third benchmark tasks, built from the sample data as nnU-Net/MSD dataset folders.
 
-    python bench/make_tasks.py [--out bench/results/tasks] [--tasks aniso multilabel large] [--seed 0]
+    python bench/make_tasks.py [--out bench/results/tasks] [--tasks aniso multilabel large cardiac] [--seed 0]
 
 - ``aniso``: the 100 MSD hippocampus cases (1 mm isotropic) resampled to 5 mm slices along z (in-plane 1 mm kept):
   7 slices for a median case, like cine cardiac MRI's ~10 thick slices. The image is smoothed along z with a
   Gaussian whose FWHM is the slice thickness before sampling (a thick slice averages its slab); labels are sampled
   with nearest neighbour. Labels 1 Anterior, 2 Posterior.
+- ``cardiac``: 50 synthetic cine-cardiac-like short-axis stacks (bench/cardiac_phantom.py): 8-12 slices of 10 mm,
+  1.5 mm in-plane, about 220 x 250 voxels over a torso in which the heart fills a small part; right ventricle
+  (a crescent beside the septum), myocardium (a ring of 5-11 mm around the left ventricle) and left ventricle
+  (bright blood), with bright vessels, lungs, liver, a bias field, noise and a different contrast per case; each
+  thick slice averages its slab (partial volume at the base and apex), labels at the slab centre.
 - ``multilabel``: 30 views of the TotalSegmentator example CT (one subject), 1.5 mm isotropic, 160 x 130 x 40 voxels
   (x, y, z), five organs renumbered 1..5 (spleen, right kidney, left kidney, liver, stomach).
 - ``large``: 30 views of the TotalSegmentator example MRI (one subject), 0.75 mm isotropic, 128 x 160 x 64 voxels,
@@ -307,7 +312,9 @@ def make_tasks(out=DEFAULT_OUT, tasks=("aniso", "multilabel", "large"), source=D
                log=print):
     """Build the named tasks into ``out``; returns {task name: folder}."""
     specs = view_specs(source)
-    makers = {"aniso": make_aniso(source), **{name: make_views(spec, seed, views) for name, spec in specs.items()}}
+    from cardiac_phantom import make_cardiac
+
+    makers = {"aniso": make_aniso(source), "cardiac": make_cardiac(write_dataset, seed), **{name: make_views(spec, seed, views) for name, spec in specs.items()}}
     unknown = sorted(set(tasks) - set(makers))
     if unknown:
         raise SystemExit(f"make_tasks: unknown task(s) {unknown}; choose from {sorted(makers)}")

@@ -159,7 +159,8 @@ def window_probabilities(network, image, patch_size, device, overlap: float = 0.
 
     padded, inner = pad_to(np.asarray(image, np.float32), patch_size, value=0.0)
     gather = gather_device(device, padded[0].size * _output_classes(network))
-    flips = mirror_axes_sets(tta)
+    # a one-voxel window axis (a slice-wise model's slice axis) is not mirrored: its windows see the same either way
+    flips = [flip for flip in mirror_axes_sets(tta) if all(patch_size[axis - 2] > 1 for axis in flip)]
     if sw_batch_size is None:
         sw_batch_size = max(1, window_batch_size(network, padded.shape[0], patch_size, device) // len(flips))
     tensor = torch.from_numpy(np.ascontiguousarray(padded))[None].to(gather)

@@ -137,8 +137,9 @@ class Model:
         backbone = (self.meta.get("backbone") or {}).get("name") or "none (from scratch)"
         dice = (self.meta.get("validation") or {}).get("mean_dice")
         dice_text = f", validation mean Dice {dice:.3f}" if isinstance(dice, (int, float)) else ""
+        configuration = (self.meta.get("plan") or {}).get("configuration") or "3d"
         return (f"{self.meta['network'].get('name', 'network')} from backbone {backbone}; labels {names}; "
-                f"patch {self.patch_size}{dice_text}")
+                f"configuration {configuration}, patch {self.patch_size}{dice_text}")
 
 
 # --- checking model.json ---------------------------------------------------------------------------------------

@@ -88,8 +88,9 @@ class ModelStore:
         return name
 
     def listModels(self):
-        """``[{"name", "path", "created", "backbone", "labels", "mean_dice", "size_mb"}]`` sorted by name; folders
-        without a valid ``model.json`` (half-written, foreign) are left out."""
+        """``[{"name", "path", "created", "backbone", "labels", "mean_dice", "configuration", "size_mb"}]`` sorted by
+        name (``configuration``: "2d" slice-wise or "3d", as model.json's plan records it); folders without a valid
+        ``model.json`` (half-written, foreign) are left out."""
         from sslseg.model_folder import read_model_meta
 
         models = []
@@ -112,6 +113,7 @@ class ModelStore:
                 "backbone": (meta.get("backbone") or {}).get("name") or "none (from scratch)",
                 "labels": meta.get("labels", []),
                 "mean_dice": (meta.get("validation") or {}).get("mean_dice"),
+                "configuration": (meta.get("plan") or {}).get("configuration") or "3d",
                 "size_mb": round(size / 1e6, 1),
             })
         return models

@@ -391,7 +391,8 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         for model in models:
             dice = f", Dice {model['mean_dice']:.2f}" if isinstance(model.get("mean_dice"), float) else ""
             segments = ", ".join(label["name"] for label in model["labels"])
-            item = qt.QListWidgetItem(f"{model['name']}  ({segments}; {model['backbone']}{dice})")
+            item = qt.QListWidgetItem(f"{model['name']}  ({segments}; {model['backbone']}, "
+                                      f"{model['configuration']}{dice})")
             item.setData(qt.Qt.UserRole, model["name"])
             item.setToolTip(model["path"])
             listWidget.addItem(item)

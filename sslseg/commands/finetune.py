@@ -52,6 +52,9 @@ def add_parser(subparsers):
                         help="patch size in voxels (default: from the backbone plan, clipped to the data)")
     parser.add_argument("--arch", help="network for --backbone none (default: the preset's; e.g. ResEncL, "
                                        "ResEncS-cpu, ResEncXS-cpu)")
+    parser.add_argument("--config", choices=["auto", "2d", "3d"], default="auto",
+                        help="auto (default): slice-wise 2D for thick-slice data, else 3D (the reason is logged and "
+                             "kept in model.json); 2d or 3d to choose (--backbone none only for 2d)")
     parser.add_argument("--max-lr", type=float, help="maximum learning rate (default: 1e-3 fine-tuning, 1e-2 scratch)")
     parser.add_argument("--max-memory-gb", type=float,
                         help="GPU memory limit: batch/patch are reduced and gradient checkpointing enabled to fit")
@@ -77,7 +80,7 @@ def _check_options(args):
         steps=args.steps, batch_size=args.batch_size, patch_size=args.patch, seed=args.seed, max_lr=args.max_lr,
         time_limit=args.time_limit, val_cases=args.val_cases, max_memory_gb=args.max_memory_gb,
         label_info=args.label_info, preset=args.preset, device=args.device, out=args.out, pack=args.pack,
-        init_model=args.init_model, checkpoint_every=args.checkpoint_every)
+        init_model=args.init_model, checkpoint_every=args.checkpoint_every, config=args.config)
 
 
 def run(args):
@@ -97,6 +100,8 @@ def run(args):
             extra["resume"] = True
         if options.checkpoint_every is not None:
             extra["checkpoint_every"] = options.checkpoint_every
+        if options.config != "auto":
+            extra["config"] = options.config
         path = sslseg.finetune(
             args.backbone, data=args.data, images=args.images, labels=args.labels, out=options.out,
             preset=options.preset, device=options.device, steps=options.steps, val_cases=options.val_cases,

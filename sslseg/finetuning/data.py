@@ -244,7 +244,9 @@ class PatchSampler:
         else:
             image, label = turned_patch(case, start, self.patch, matrix)
         for axis in range(3):
-            if rng.random() < float(self.augment.get("mirror_p", 0.0)):
+            # drawn for every axis (the same batches as before); a one-slice axis is not flipped: a no-op that
+            # numpy leaves with a negative stride, which torch refuses
+            if rng.random() < float(self.augment.get("mirror_p", 0.0)) and self.patch[axis] > 1:
                 image, label = np.flip(image, axis + 1), np.flip(label, axis)
         image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         if self.intensity is not None:

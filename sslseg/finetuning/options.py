@@ -45,6 +45,7 @@ class FinetuneOptions:
     pack: str | None = None
     init_model: str | None = None
     checkpoint_every: float | None = None
+    config: str = "auto"  # "auto", "2d" or "3d" (sslseg.finetuning.planning.choose_configuration)
 
 
 def _optional(check, name: str, value, *limits):
@@ -69,10 +70,11 @@ def check_label_info(label_info) -> list | None:
 def check_finetune_options(*, steps=None, batch_size=None, patch_size=None, seed=0, max_lr=None, time_limit=None,
                            val_cases=None, max_memory_gb=None, label_info=None, optimizer=None, preset=None,
                            device="auto", out=None, pack=None, init_model=None,
-                           checkpoint_every=None) -> FinetuneOptions:
+                           checkpoint_every=None, config="auto") -> FinetuneOptions:
     """Check every fine-tuning option; returns them normalised, or raises one UserError line. Cheap: nothing is
     allocated in proportion to a value (``--patch 100000 100000 100000`` fails at once), no torch import.
     ``init_model`` (a model to continue from) is checked by reading its model.json only."""
+    from sslseg.finetuning.planning import CONFIGURATIONS
     from sslseg.model_folder import check_output_folder, check_pack_target, read_model_meta
     from sslseg.presets import PRESETS
 
@@ -93,6 +95,7 @@ def check_finetune_options(*, steps=None, batch_size=None, patch_size=None, seed
         pack=None if pack is None else os.path.abspath(os.fspath(pack)),
         init_model=None if init_model is None else os.path.abspath(os.fspath(init_model)),
         checkpoint_every=_optional(validation.float_in_range, "--checkpoint-every", checkpoint_every, 0.0),
+        config=validation.one_of("--config", "auto" if config is None else config, CONFIGURATIONS),
     )
     if options.out is None:
         raise UserError("give the output model folder (--out)")

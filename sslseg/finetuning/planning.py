@@ -28,15 +28,24 @@ et al., "nnU-Net: a self-configuring method for deep learning-based biomedical i
   recommended patch.
 - batch: the budget left by the patch (at least 2, at most what covers 5 % of the training voxels, nnU-Net's cap)
   for a planned network; the recipe's batch (2) for a fixed one; an explicit ``batch_size`` always wins.
+- configuration (``choose_configuration``, ``config="auto"``): slice-wise (2D) where the data is thick-slice (the
+  spacing rule's thick axis) and the 3D plan's patch sees at most a quarter of each slice, else 3D; "2d" and "3d"
+  choose. nnU-Net plans a 2D configuration beside the 3D one for the same reason: a 3D patch within the budget may
+  see every thick slice but a small part of each. The 2D plan
+  (``slice_plan``) keeps the 3D plan's spacing and normalisation, sees every case as one slice (``Fingerprint.
+  slice_wise``), plans an in-plane network by the same rules (``SliceWiseNetwork``: the preset's widths and
+  blocks, ``sslseg.networks.slicewise``) and shares the same budget per step among ``SLICE_BATCH`` slices. A fixed
+  network (backbone, ``--init-model``, ``arch``) keeps its own configuration.
 
 Example::
 
-    plan = make_plan(geometries, modality="MR", in_channels=1, preset=get_preset("cpu"))
-    plan.patch_size, plan.spec["config"]["strides"], plan.reasons
+    plan = make_plan(geometries, modality="MR", in_channels=1, preset=get_preset("cpu"), config="auto")
+    plan.configuration, plan.patch_size, plan.spec["config"]["strides"], plan.reasons
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -53,6 +62,12 @@ BATCH_DATA_FRACTION = 0.05  # a batch covers at most this share of the training 
 MIN_BATCH = 2
 MAX_SHRINK_STEPS = 10_000  # a bound on the patch search (it ends long before: every step shrinks an axis)
 AXES = "zyx"  # array axes
+# The slice axis's spacing while a slice-wise plan is made: so thick that the planning rules (minimum patch,
+# shrinking, pooling, kernels, coarsening) never touch it, whatever the data's own slice spacing.
+SLICE_PLANNING_MM = 1e4
+SLICE_SHARE = 0.25  # auto: 2D when a 3D patch sees at most this share of each thick slice
+SLICE_EXTRA_STAGES = 2  # a slice-wise network may have this many more stages than the preset's (cheap in 2D)
+SLICE_BATCH = 8  # slices per step a slice-wise plan aims at (measured on the cardiac task, docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,15 @@ class Fingerprint:
         return cls(np.asarray([list(reversed(g.spacing)) for g in geometries], float),
                    np.asarray([list(g.shape) for g in geometries], float),
                    np.asarray(boxes, float) if boxes else None)
+
+    def slice_wise(self, axis: int, spacing: float) -> "Fingerprint":
+        """Every case as one slice along ``axis`` of ``spacing`` mm (a slice-wise network's view of the data)."""
+        spacings, shapes = self.spacings.copy(), self.shapes.copy()
+        spacings[:, axis], shapes[:, axis] = spacing, 1.0
+        boxes = None if self.boxes is None else self.boxes.copy()
+        if boxes is not None:
+            boxes[:, axis] = spacing
+        return Fingerprint(spacings, shapes, boxes)
 
     def median_shape(self, spacing) -> np.ndarray:
         """The median case's shape [z, y, x] (voxels, not rounded) at ``spacing`` [z, y, x]."""
@@ -117,6 +141,8 @@ class Plan:
     spec: dict | None = None  # the planned network (from scratch); None: the network is fixed
     anisotropy_axis: int | None = None  # array axis (0 = z) whose spacing is > 3x the others', or None
     reasons: tuple = field(default_factory=tuple)  # what the plan chose and why, one short line each
+    configuration: str = "3d"  # "3d", or "2d": slice-wise along ``slice_axis`` (sslseg.networks.slicewise)
+    slice_axis: int | None = None  # array axis a 2D configuration slices along
 
     def preprocessor(self) -> Preprocessor:
         return Preprocessor(spacing=list(self.spacing), normalization=self.normalization,
@@ -129,23 +155,86 @@ class Plan:
                 "batch_size": self.batch_size, "normalization": self.normalization, "stride": list(self.stride),
                 "strides": config.get("strides"), "kernel_sizes": config.get("kernel_sizes"),
                 "anisotropy_axis": None if self.anisotropy_axis is None else AXES[self.anisotropy_axis],
+                "configuration": self.configuration,
+                "slice_axis": None if self.slice_axis is None else AXES[self.slice_axis],
                 "reasons": list(self.reasons)}
 
 
+CONFIGURATIONS = ("auto", "2d", "3d")
+
+
 def make_plan(train_geometries, modality: str, in_channels: int, preset, stride=None, network_plan=None,
-              inherited=None, patch_size=None, batch_size=None, base_arch=None, foreground_boxes=None) -> Plan:
+              inherited=None, patch_size=None, batch_size=None, base_arch=None, foreground_boxes=None,
+              config: str = "3d") -> Plan:
     """The plan from the training cases' geometries (sslseg.imageio.Geometry) and the dataset's modality.
 
     ``stride``: the total stride of a fixed starting network; None plans a network from scratch, derived from
     ``base_arch`` (default: the preset's). ``network_plan``: the starting network's hints {"spacing",
-    "normalization", "patch_size" or "recommended_patch_size"}; ``inherited``: a fine-tuned model's (Preprocessor,
-    patch) to continue from. ``patch_size``, ``batch_size``: explicit choices (checked against the strides).
-    ``foreground_boxes``: each training case's ``foreground_box`` (None: coarsening aims at a share of the case
-    instead)."""
+    "normalization", "patch_size" or "recommended_patch_size", "slice_axis" of a slice-wise one}; ``inherited``: a
+    fine-tuned model's (Preprocessor, patch) to continue from. ``patch_size``, ``batch_size``: explicit choices
+    (checked against the strides). ``foreground_boxes``: each training case's ``foreground_box`` (None: coarsening
+    aims at a share of the case instead). ``config``: "3d", "2d" (slice-wise) or "auto" (``choose_configuration``);
+    a fixed network keeps its own."""
     fingerprint = Fingerprint.of(train_geometries, foreground_boxes)
+    network_plan = network_plan or {}
     if inherited is not None:
-        return inherited_plan(inherited, in_channels, stride, preset, patch_size, batch_size)
-    network_plan, reasons = network_plan or {}, []
+        return inherited_plan(inherited, in_channels, stride, preset, patch_size, batch_size,
+                              network_plan.get("slice_axis"))
+    if stride is not None:
+        if config == "2d":
+            raise UserError("--config 2d needs a network planned from the data; a backbone, --init-model or --arch "
+                            "keeps its own 3D configuration")
+        reasons = ["configuration 3d: the starting network is a 3D network"]
+        return volume_plan(fingerprint, modality, in_channels, preset, stride, network_plan, patch_size, batch_size,
+                           base_arch, reasons)
+    volume = None if config == "2d" else volume_plan(fingerprint, modality, in_channels, preset, None, network_plan,
+                                                      patch_size, batch_size, base_arch, [])
+    chosen, axis, reason = choose_configuration(config, fingerprint, volume)
+    if chosen == "2d":
+        return slice_plan(fingerprint, modality, in_channels, preset, axis, patch_size, batch_size, base_arch,
+                          [reason])
+    return dataclasses.replace(volume, reasons=(reason, *volume.reasons))
+
+
+def choose_configuration(config: str, fingerprint: Fingerprint, volume: Plan | None = None) -> tuple:
+    """(configuration, slice axis or None, reason). "auto": slice-wise (2D) when the data is thick-slice (the
+    thick-slice rule of ``choose_spacing``, nnU-Net's anisotropy rule) and the 3D plan's patch (``volume``) sees at
+    most ``SLICE_SHARE`` of each slice; else 3D. Measured (docs/benchmarks.md): on thick slices whose 3D patch holds
+    the whole slice (hippocampus at 5 mm) 3D is better; on cine-cardiac-like stacks, where it holds a small part of
+    each slice, the slice-wise network is."""
+    if config not in CONFIGURATIONS:
+        raise UserError(f"--config must be one of {', '.join(CONFIGURATIONS)} (got {config!r})")
+    axis = thick_slice_axis(fingerprint)
+    if config == "3d":
+        return "3d", None, "configuration 3d: as asked"
+    if config == "2d":
+        axis = 0 if axis is None else axis
+        return "2d", axis, f"configuration 2d: as asked (slice-wise along {AXES[axis]})"
+    if axis is None:
+        return "3d", None, "configuration 3d (auto): no thick-slice axis"
+    spacing = np.median(fingerprint.spacings, axis=0)
+    slices = float(np.median(fingerprint.shapes[:, axis]))
+    thick = (f"thick slices along {AXES[axis]} ({slices:.0f} slices of {spacing[axis]:.3g} mm, in-plane "
+             f"{_in_plane_text(spacing, axis)} mm)")
+    median = fingerprint.median_shape(list(reversed(volume.spacing)))
+    seen = [min(p, m) for a, (p, m) in enumerate(zip(volume.patch_size, median)) if a != axis]
+    share = math.prod(seen) / math.prod(m for a, m in enumerate(median) if a != axis)
+    sight = (f"a 3D patch within the budget sees {100 * share:.0f} % of each slice "
+             f"({' x '.join(str(p) for a, p in enumerate(volume.patch_size) if a != axis)} of "
+             f"{' x '.join(f'{m:.0f}' for a, m in enumerate(median) if a != axis)})")
+    if share > SLICE_SHARE:
+        return "3d", None, f"configuration 3d (auto): {thick}, but {sight} (--config 2d overrides)"
+    return "2d", axis, (f"configuration 2d (auto): {thick} and {sight}: slice-wise, larger in-plane patches "
+                        f"(--config 3d overrides)")
+
+
+def _in_plane_text(spacing, axis) -> str:
+    return " x ".join(f"{float(s):.3g}" for a, s in enumerate(spacing) if a != axis)
+
+
+def volume_plan(fingerprint, modality, in_channels, preset, stride, network_plan, patch_size, batch_size, base_arch,
+                reasons) -> Plan:
+    """The 3D plan: spacing, normalisation, patch, batch and (``stride`` None) the network's topology."""
     normalization, intensity_range = choose_normalization(modality, network_plan, reasons)
     spacing = choose_spacing(fingerprint, network_plan.get("spacing"), reasons)
     sizer = (PlannedNetwork(base_arch or preset.arch, preset, in_channels) if stride is None
@@ -166,8 +255,33 @@ def make_plan(train_geometries, modality: str, in_channels: int, preset, stride=
                 anisotropy_axis=thick_axis(spacing), reasons=tuple(reasons))
 
 
-def inherited_plan(inherited, in_channels, stride, preset, patch_size, batch_size) -> Plan:
-    """A fine-tuned model's spacing, normalisation and patch (an explicit patch or batch still wins)."""
+def slice_plan(fingerprint, modality, in_channels, preset, axis, patch_size, batch_size, base_arch, reasons) -> Plan:
+    """The slice-wise (2D) plan along ``axis``: the 3D plan's spacing and normalisation; an in-plane patch and a
+    batch within the same compute budget per step; a 2D network planned by the same rules (``SliceWiseNetwork``).
+    Planning sees every case as one slice, of a thickness that never pools or convolves across slices."""
+    normalization, intensity_range = choose_normalization(modality, {}, reasons)
+    spacing = choose_spacing(fingerprint, None, reasons)
+    planning = list(spacing)
+    planning[axis] = SLICE_PLANNING_MM
+    sizer = SliceWiseNetwork(base_arch or preset.arch, preset, in_channels, axis)
+    if patch_size or preset.patch_size:
+        patch, topology = sizer.explicit([int(p) for p in patch_size or preset.patch_size], planning)
+        reasons.append(f"patch {patch}: {'as asked' if patch_size else 'the preset'}")
+    else:
+        flat = fingerprint.slice_wise(axis, SLICE_PLANNING_MM)
+        planning, patch, topology = fit_patch(flat, planning, sizer, preset, bool(preset.min_coverage), reasons)
+    spacing = [s if a != axis else spacing[axis] for a, s in enumerate(planning)]
+    batch = choose_batch(fingerprint, spacing, patch, sizer, batch_size, reasons)
+    return Plan(spacing=[float(s) for s in reversed(spacing)], normalization=normalization,
+                in_channels=int(in_channels), patch_size=[int(p) for p in patch], batch_size=batch,
+                stride=list(sizer.stride_of(topology)), intensity_range=list(intensity_range),
+                spec=sizer.spec(topology), anisotropy_axis=axis, reasons=tuple(reasons), configuration="2d",
+                slice_axis=axis)
+
+
+def inherited_plan(inherited, in_channels, stride, preset, patch_size, batch_size, slice_axis=None) -> Plan:
+    """A fine-tuned model's spacing, normalisation, patch and configuration (``slice_axis``: slice-wise; an explicit
+    patch or batch still wins)."""
     preprocessor, model_patch = inherited
     spacing = [float(s) for s in preprocessor.spacing]
     patch = [int(p) for p in (patch_size or model_patch)]
@@ -178,7 +292,9 @@ def inherited_plan(inherited, in_channels, stride, preset, patch_size, batch_siz
     return Plan(spacing=spacing, normalization=preprocessor.normalization, in_channels=int(in_channels),
                 patch_size=patch, batch_size=batch, stride=list(stride),
                 intensity_range=list(preprocessor.intensity_range),
-                anisotropy_axis=thick_axis(list(reversed(spacing))), reasons=reasons)
+                anisotropy_axis=thick_axis(list(reversed(spacing))) if slice_axis is None else int(slice_axis),
+                reasons=reasons, configuration="3d" if slice_axis is None else "2d",
+                slice_axis=None if slice_axis is None else int(slice_axis))
 
 
 # --- normalisation and spacing -------------------------------------------------------------------------------
@@ -211,10 +327,9 @@ def choose_spacing(fingerprint: Fingerprint, network_spacing, reasons: list) -> 
         reasons.append(f"spacing {_mm(spacing)}: the backbone's pretraining spacing")
         return spacing
     median_shape = np.median(fingerprint.shapes, axis=0)
-    coarse = int(np.argmax(spacing))
-    others = [a for a in range(3) if a != coarse]
-    if spacing[coarse] > ANISOTROPY_RATIO * max(spacing[others]) and \
-            median_shape[coarse] * ANISOTROPY_RATIO < min(median_shape[others]):
+    coarse = thick_slice_axis(fingerprint)
+    if coarse is not None:
+        others = [a for a in range(3) if a != coarse]
         tenth = float(np.percentile(fingerprint.spacings[:, coarse], 10))
         spacing[coarse] = max(tenth, float(max(spacing[others])))
         reasons.append(f"spacing {_mm(spacing)}: median of {len(fingerprint.shapes)} case(s); {AXES[coarse]} has "
@@ -222,6 +337,19 @@ def choose_spacing(fingerprint: Fingerprint, network_spacing, reasons: list) -> 
     else:
         reasons.append(f"spacing {_mm(spacing)}: median of {len(fingerprint.shapes)} case(s)")
     return [float(s) for s in spacing]
+
+
+def thick_slice_axis(fingerprint: Fingerprint) -> int | None:
+    """The axis of thick slices: its median spacing over 3x every other's and fewer than a third as many slices
+    as the smallest other axis has voxels (nnU-Net's anisotropy rule), or None."""
+    spacing = np.median(fingerprint.spacings, axis=0)
+    median_shape = np.median(fingerprint.shapes, axis=0)
+    coarse = int(np.argmax(spacing))
+    others = [a for a in range(3) if a != coarse]
+    if spacing[coarse] > ANISOTROPY_RATIO * max(spacing[others]) and \
+            median_shape[coarse] * ANISOTROPY_RATIO < min(median_shape[others]):
+        return coarse
+    return None
 
 
 def thick_axis(spacing) -> int | None:
@@ -233,8 +361,9 @@ def thick_axis(spacing) -> int | None:
 
 
 def _mm(spacing) -> str:
-    """[z, y, x] spacing as the [x, y, z] mm text used everywhere else."""
-    return f"{[round(float(s), 3) for s in reversed(list(spacing))]} mm (x, y, z)"
+    """[z, y, x] spacing as the [x, y, z] mm text used everywhere else (a slice-wise plan's slice axis: "slice")."""
+    shown = [round(float(s), 3) if s < SLICE_PLANNING_MM else "slice" for s in reversed(list(spacing))]
+    return f"{shown} mm (x, y, z)"
 
 
 # --- network topology ----------------------------------------------------------------------------------------
@@ -312,6 +441,54 @@ class PlannedNetwork:
     @staticmethod
     def stride_of(topology) -> list:
         return topology.stride
+
+
+class SliceWiseNetwork(PlannedNetwork):
+    """Sizes in-plane patches for a slice-wise (2D) network of the preset's size: the same budget as the 3D plan;
+    one slice along ``axis`` (kernel and stride 1 there, ``sslseg.networks.slicewise``)."""
+
+    def __init__(self, base_arch: str, preset, in_channels: int, axis: int):
+        super().__init__(base_arch, preset, in_channels)
+        self.axis = int(axis)
+        self.max_stages += SLICE_EXTRA_STAGES
+        # the step's budget shared by SLICE_BATCH samples: a slice costs little, and a batch of many patches
+        # around the structure sees far more of it per step than two whole slices of mostly background
+        total = self.budget * self.budget_batch
+        self.budget_batch = max(self.budget_batch, SLICE_BATCH)
+        self.budget = total / self.budget_batch
+        self.budget_text = (f"{'x'.join(map(str, preset.budget_patch))} x {preset.batch_size} on {preset.arch} "
+                            f"shared by {self.budget_batch} slices,")
+
+    def topology(self, spacing, patch) -> Topology:
+        spacing = [s if a != self.axis else SLICE_PLANNING_MM for a, s in enumerate(spacing)]
+        patch = [p if a != self.axis else 1 for a, p in enumerate(patch)]
+        planned = plan_topology(spacing, patch, self.max_stages)
+        flat = [[k if a != self.axis else 1 for a, k in enumerate(kernel)] for kernel in planned.kernel_sizes]
+        return Topology(flat, planned.strides)
+
+    def fit(self, spacing, patch) -> tuple:
+        patch = [p if a != self.axis else 1 for a, p in enumerate(patch)]
+        topology = self.topology(spacing, patch)
+        for _ in range(self.max_stages):
+            rounded = round_up(patch, topology.stride)
+            again = self.topology(spacing, rounded)
+            if again == topology:
+                break
+            patch, topology = rounded, again
+        return round_up(patch, topology.stride), topology
+
+    def explicit(self, patch, spacing) -> tuple:
+        if patch[self.axis] != 1:
+            raise UserError(f"a 2D (slice-wise) configuration's patch is one slice thick: give 1 along "
+                            f"{AXES[self.axis]} (got {list(patch)}, z y x)")
+        topology = self.topology(spacing, patch)
+        check_multiple(patch, topology.stride)
+        return patch, topology
+
+    def spec(self, topology) -> dict:
+        from sslseg.networks.resenc import planned_spec
+
+        return planned_spec(self.base, topology.kernel_sizes, topology.strides, slice_axis=self.axis)
 
 
 class FixedNetwork:

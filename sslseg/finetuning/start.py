@@ -76,5 +76,7 @@ def from_model(model, num_classes: int, in_channels: int, reporter) -> Start:
                "network": spec.get("name"), "labels": model.labels, "head": "replaced" if replaced else "kept",
                "created": model.meta.get("created"), "backbone": (model.meta.get("backbone") or {}).get("name"),
                "validation_mean_dice": (model.meta.get("validation") or {}).get("mean_dice")}
-    return Start(network, spec, {}, model.meta.get("backbone"), from_scratch=False,
+    slice_axis = spec.get("config", {}).get("slice_axis")  # a slice-wise (2D) model stays slice-wise
+    hints = {} if slice_axis is None else {"slice_axis": int(slice_axis)}
+    return Start(network, spec, hints, model.meta.get("backbone"), from_scratch=False,
                  inherited=(model.preprocessor, model.patch_size), initial_model=initial)

@@ -81,6 +81,7 @@ class Request:
     init_model: object = None
     resume: bool = False
     checkpoint_every: float | None = None
+    config: str = "auto"
 
 
 class FineTuner:
@@ -116,6 +117,9 @@ class FineTuner:
         r = self.request
         options = check_finetune_options(**{name: getattr(r, name) for name in CHECKED_OPTIONS}, pack=None)
         self.request = r = dataclasses.replace(r, **{name: getattr(options, name) for name in CHECKED_OPTIONS})
+        if r.config == "2d" and (r.backbone not in (None, "", "none") or r.arch is not None or r.init_model):
+            raise UserError("--config 2d needs a network planned from the data (--backbone none); a pretrained "
+                            "backbone, --init-model or --arch keeps its own configuration")
         self.device, self.device_note = resolve_device(r.device)
         self.preset = get_preset(r.preset or default_preset(self.device.type))
 
@@ -183,7 +187,7 @@ class FineTuner:
         return make_plan([case.geometry for case in train], self.dataset.modality, self.in_channels, self.preset,
                          stride=stride, network_plan=network_plan, inherited=inherited,
                          patch_size=self.request.patch_size, batch_size=self.request.batch_size,
-                         foreground_boxes=boxes)
+                         foreground_boxes=boxes, config=self.request.config)
 
     def preprocess(self):
         """Every case resampled, normalised and padded once, into memory."""
@@ -264,7 +268,9 @@ class FineTuner:
         self.loss_function = make_loss_function()
         self.ds_weights = deep_supervision_weights(len(self.network.decoder.stages))
         self.sampler = training_data.PatchSampler(self.train_cases, self.patch, self.batch,
-                                                  preset.foreground_oversampling, preset.augment, r.seed)
+                                                  preset.foreground_oversampling, preset.augment, r.seed,
+                                                  rotation_axis=self.plan.slice_axis if self.plan.slice_axis
+                                                  is not None else "auto")  # slice-wise: in-plane only
         windows = sum(window_count(case.label.shape, self.patch, VALIDATION_OVERLAP) for case in self.val_cases)
         self.budget = TimeBudget(self.time_limit, self.started, self.fractions, preset.val_every, r.steps,
                                  validation_windows=windows, batch_size=self.batch)
@@ -593,7 +599,8 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
              steps=None, val_cases=None, seed=0, progress="bar", label_names=None, label_info=None,
              time_limit=None, max_memory_gb=None, batch_size=None, patch_size=None, val_case_ids=None,
              max_lr=None, optimizer=None, train_case_ids=None, keep_best=True,
-             step_callback=None, arch=None, init_model=None, resume=False, checkpoint_every=None):
+             step_callback=None, arch=None, init_model=None, resume=False, checkpoint_every=None,
+             config="auto"):
     """Fine-tune ``backbone`` (a backbone name or checkpoint file, or ``"none"`` to train from scratch) on a dataset
     folder ``data`` (nnU-Net/MSD layout) or on explicit ``images``/``labels`` lists; write the model folder ``out``.
     Returns the model folder's path. Every input is checked before training starts.
@@ -607,7 +614,8 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
     that time. ``keep_best``: keep the weights with the best validation Dice (default) rather than the last ones.
     ``step_callback(step=, phase=, loss=, network=, optimizer=)`` is called after every optimiser step (raising in it
     cancels the run: nothing is written). ``arch``: the network for ``backbone="none"`` (a name or a spec; default
-    the preset's).
+    the preset's). ``config``: "auto" (default: slice-wise 2D for thick-slice data, else 3D; the reason is logged and
+    stored in model.json's ``plan``), "2d" or "3d"; a backbone or ``init_model`` keeps its own.
 
     Example::
 

@@ -144,7 +144,12 @@ def build_resenc(config: dict, in_channels: int, num_classes: int, deep_supervis
 
 
 def build(config: dict, in_channels: int, num_classes: int):
-    """The family's builder for ``sslseg.networks.build_from_spec``."""
+    """The family's builder for ``sslseg.networks.build_from_spec`` (a config naming ``slice_axis``: the slice-wise
+    2D network of ``sslseg.networks.slicewise``)."""
+    from .slicewise import build_slicewise, is_slicewise
+
+    if is_slicewise(config):
+        return build_slicewise(config, in_channels, num_classes)
     return build_resenc(config, in_channels, num_classes)
 
 
@@ -154,7 +159,10 @@ def build_network(name: str, in_channels: int = 1, num_classes: int = 2, deep_su
 
 
 def total_stride(config: dict) -> list:
-    """Product of the strides per axis: patch sizes must be multiples of it."""
+    """Product of the strides per axis [z, y, x]: patch sizes must be multiples of it."""
+    from .slicewise import as_3d, is_slicewise
+
+    config = as_3d(config) if is_slicewise(config) else config
     product = [1, 1, 1]
     for stride in config["strides"]:
         stride = [stride] * 3 if isinstance(stride, int) else stride
@@ -162,12 +170,15 @@ def total_stride(config: dict) -> list:
     return product
 
 
-def planned_spec(base: str, kernel_sizes, strides) -> dict:
+def planned_spec(base: str, kernel_sizes, strides, slice_axis: int | None = None) -> dict:
     """The spec of a named size (its widths and blocks per stage) with planned per-stage ``kernel_sizes`` and
     ``strides`` ([z, y, x] each, stage 0 first; as many stages as given, at most the named size's). Keeps the named
-    size's name when the plan is its own configuration."""
+    size's name when the plan is its own configuration. ``slice_axis``: the slice-wise 2D network of that size
+    (``sslseg.networks.slicewise``; kernels and strides along the slice axis are dropped)."""
     config = architecture_kwargs(base)
     stages = len(strides)
+    if slice_axis is not None and stages > config["n_stages"]:
+        config = deeper(config, stages)
     if not 2 <= stages <= config["n_stages"] or len(kernel_sizes) != stages:
         raise ValueError(f"{base}: a plan needs 2..{config['n_stages']} stages with one kernel and stride each")
     planned = dict(config, n_stages=stages, features_per_stage=config["features_per_stage"][:stages],
@@ -175,7 +186,23 @@ def planned_spec(base: str, kernel_sizes, strides) -> dict:
                    strides=[[int(s) for s in stride] for stride in strides],
                    n_blocks_per_stage=config["n_blocks_per_stage"][:stages],
                    n_conv_per_stage_decoder=config["n_conv_per_stage_decoder"][:stages - 1])
+    if slice_axis is not None:
+        from .slicewise import slice_config
+
+        return {"family": FAMILY, "name": f"{base}-2d", "config": slice_config(planned, slice_axis)}
     return {"family": FAMILY, "name": base if planned == config else f"{base}-planned", "config": planned}
+
+
+def deeper(config: dict, stages: int) -> dict:
+    """``config`` with more stages, each as wide and as deep as its last (a slice-wise network's extra stages:
+    in 2D they cost little and widen the field of view)."""
+    extra = stages - config["n_stages"]
+    return dict(config, n_stages=stages,
+                features_per_stage=config["features_per_stage"] + [config["features_per_stage"][-1]] * extra,
+                kernel_sizes=config["kernel_sizes"] + [config["kernel_sizes"][-1]] * extra,
+                strides=config["strides"] + [config["strides"][-1]] * extra,
+                n_blocks_per_stage=config["n_blocks_per_stage"] + [config["n_blocks_per_stage"][-1]] * extra,
+                n_conv_per_stage_decoder=config["n_conv_per_stage_decoder"] + [1] * extra)
 
 
 # Per output element of a convolution, the instance norm, the activation and the memory traffic of the training step
@@ -187,7 +214,11 @@ ELEMENT_COST = 100
 def step_cost(config: dict, patch, in_channels: int = 1) -> float:
     """Relative cost of one training sample of ``patch`` [z, y, x] on a ResidualEncoderUNet ``config``: the
     multiply-accumulates of every convolution (stem, residual blocks with their 1x1 projections, transposed
-    convolutions, decoder blocks) plus ``ELEMENT_COST`` per output element."""
+    convolutions, decoder blocks) plus ``ELEMENT_COST`` per output element. A slice-wise config costs what its
+    3D form (kernel 1 along the slice axis) costs on a one-slice patch."""
+    from .slicewise import as_3d, is_slicewise
+
+    config = as_3d(config) if is_slicewise(config) else config
     macs, elements, sizes = _encoder_cost(config, [int(p) for p in patch], in_channels)
     widths, kernels = config["features_per_stage"], config["kernel_sizes"]
     for stage in range(len(widths) - 1, 0, -1):
