@@ -24,6 +24,7 @@ import copy
 import math
 
 from sslseg.errors import UserError
+from sslseg.networks.dna import import_resenc
 
 from .layout import WeightLayout
 
@@ -104,17 +105,6 @@ def architecture_kwargs(name: str) -> dict:
 def spec_for(name: str) -> dict:
     """The network spec (see ``sslseg.networks``) of a named architecture."""
     return {"family": FAMILY, "name": name, "config": architecture_kwargs(name)}
-
-
-def import_resenc():
-    try:
-        from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
-    except ImportError:
-        raise UserError(
-            "the package dynamic-network-architectures is missing; install it without its optional timm "
-            "dependency: pip install --no-deps 'dynamic-network-architectures>=0.4,<0.5'"
-        ) from None
-    return ResidualEncoderUNet
 
 
 def build_resenc(config: dict, in_channels: int, num_classes: int, deep_supervision: bool = False):

@@ -54,7 +54,7 @@ def is_slicewise(config: dict) -> bool:
 def slicewise_class():
     """The 2D ResidualEncoderUNet subclass whose ``forward`` folds slices into the batch (built on first use, so
     that importing this module imports no torch)."""
-    from .resenc import import_resenc
+    from .dna import import_resenc
 
     base = import_resenc()
 
