@@ -78,6 +78,7 @@ class Request:
     step_callback: object = None
     arch: object = None
     init_model: object = None
+    unlabelled: object = None
 
 
 class FineTuner:
@@ -557,7 +558,7 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
              steps=None, val_cases=None, seed=0, progress="bar", label_names=None, label_info=None,
              time_limit=None, max_memory_gb=None, batch_size=None, patch_size=None, val_case_ids=None,
              max_lr=None, optimizer=None, train_case_ids=None, keep_best=True,
-             step_callback=None, arch=None, init_model=None):
+             step_callback=None, arch=None, init_model=None, unlabelled=None):
     """Fine-tune ``backbone`` (a backbone name or checkpoint file, or ``"none"`` to train from scratch) on a dataset
     folder ``data`` (nnU-Net/MSD layout) or on explicit ``images``/``labels`` lists; write the model folder ``out``.
     Returns the model folder's path. Every input is checked before training starts.
@@ -569,7 +570,8 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
     that time. ``keep_best``: keep the weights with the best validation Dice (default) rather than the last ones.
     ``step_callback(step=, phase=, loss=, network=, optimizer=)`` is called after every optimiser step (raising in it
     cancels the run: nothing is written). ``arch``: the network for ``backbone="none"`` (a name or a spec; default
-    the preset's).
+    the preset's). ``unlabelled``: a folder or list file of unlabelled images of the same kind, used within the
+    same total time (``sslseg.finetuning.unlabelled``: pseudo-labels from a first round, then a second round).
 
     Example::
 
@@ -578,4 +580,8 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
                                     preset="cpu", steps=300, progress="bar")
     """
     request = Request(**locals())  # every keyword argument above, by name
+    if unlabelled is not None:
+        from sslseg.finetuning.unlabelled import finetune_with_unlabelled
+
+        return finetune_with_unlabelled(request)
     return trainer_class(request)(request).run()
