@@ -122,3 +122,31 @@ def test_command_line_refuses_in_one_line(tmp_path, hippocampus_dir):
                      "test", "--steps", 2, "--device", "cpu")
     assert_refused(result, "--unlabelled", "gone.nii.gz")
     assert not (tmp_path / "model").exists()
+
+
+def test_slicer_logic_passes_unlabelled_volumes(slicer_scene, hippocampus_dir, tmp_path):
+    """The panel's console call: volume nodes from the scene become a list file in the job's work folder and the
+    same flow runs in the background process; a training volume listed again is refused before any work."""
+    import slicer
+
+    from sslseg.errors import UserError
+    from SSLSegmentationLib.segmentationLogic import SSLSegmentationLogic
+    from test_module_segmentation_logic import LABELS, _loadPair
+
+    logic = SSLSegmentationLogic(modelsFolder=str(tmp_path / "models"))
+    pairs = [_loadPair(hippocampus_dir, case)[:2] for case in ("hippocampus_006", "hippocampus_007")]
+    volumes = [slicer.util.loadVolume(os.path.join(hippocampus_dir, "imagesTr", f"hippocampus_0{n}.nii.gz"))
+               for n in (11, 14, 36, 39, 40)]
+    try:
+        logic.finetune(backbone=None, trainingPairs=pairs, preset="test", device="cpu", steps=2,
+                       unlabelledVolumes=volumes + [pairs[0][0]])
+    except UserError as error:
+        assert "training volume" in str(error)
+    else:
+        raise AssertionError("a training volume among the unlabelled ones was accepted")
+    assert logic.modelStore.listModels() == []
+    model = logic.finetune(backbone=None, trainingPairs=pairs, preset="test", device="cpu", steps=6,
+                           unlabelledVolumes=volumes, waitForCompletion=True)
+    record = json.loads(open(os.path.join(model, "model.json"), encoding="utf-8").read())["unlabelled"]
+    assert record["images"] == 5 and record["used"] >= 1 and "round2" in record["seconds"]
+    assert [l["name"] for l in logic.modelLabels(model)] == [l["name"] for l in LABELS]
