@@ -33,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from finetune_time_to_dice import score_folder, split_cases  # noqa: E402
-from task_benchmark import make_pool, sslseg_run  # noqa: E402
+from task_benchmark import SSLSEG, Run, make_pool, sslseg_run  # noqa: E402
 
 
 def write_list(dataset, case_ids, path) -> str:
@@ -52,11 +52,33 @@ def arms(args, dataset, pool, test_ids, unlabelled_list, out) -> list:
     extra = ["--unlabelled", unlabelled_list, "--seed", str(args.seed)]
     runs = [sslseg_run("labelled-only", settings, pool, test_images, out, ["--seed", str(args.seed)], env),
             sslseg_run("unlabelled", settings, pool, test_images, out, extra, env)]
+    if args.pretrain_steps:
+        runs.append(pretrain_arm(args, pool, test_images, unlabelled_list, out, env))
     for variant in args.code:
         label, _, tree = variant.partition("=")
         runs.append(sslseg_run(f"unlabelled-{label}", settings, pool, test_images, out, extra, env,
                                code=os.path.abspath(tree)))
     return runs
+
+
+def pretrain_arm(args, pool, test_images, unlabelled_list, out, env) -> Run:
+    """S3D pretraining on labelled + unlabelled images, then fine-tuning from it, in the same total time."""
+    label = f"s3d-{args.pretrain_steps}-then-finetune"
+    model = os.path.join(out, "models", label)
+    predictions = os.path.join(out, "predictions", label)
+    both = [sys.executable, os.path.join(HERE, "pretrain_then_finetune.py"), "--data", pool, "--unlabelled",
+            unlabelled_list, "--total", f"{args.minutes * 60:g}", "--steps", str(args.pretrain_steps), "--out", model,
+            "--seed", str(args.seed)]
+    predict = [*SSLSEG, "predict", "--model", model, "--input", *test_images, "--output", predictions, "--device",
+               "cpu", "--progress", "none"]
+    return Run(label, [both, predict], predictions, os.path.join(out, "logs"), env, model)
+
+
+def phase_seconds(log) -> dict | None:
+    """The JSON line bench/pretrain_then_finetune.py prints last, if the log has one."""
+    with open(log, encoding="utf-8") as stream:
+        lines = [line for line in stream if line.startswith('{"pretrain_seconds"')]
+    return json.loads(lines[-1]) if lines else None
 
 
 def record_for(run, dataset, test_ids) -> dict:
@@ -70,6 +92,11 @@ def record_for(run, dataset, test_ids) -> dict:
         record.update(steps=meta["recipe"]["steps_run"], unlabelled=unlabelled,
                       total_seconds=(unlabelled or {}).get("seconds", {}).get("total")
                       or meta["training"]["seconds"])
+        phases = phase_seconds(run.log)
+        if phases:
+            record.update(total_seconds=phases["total_seconds"], unlabelled={
+                "images": None, "used": None, "seconds": {"pretrain": phases["pretrain_seconds"],
+                                                          "finetune": meta["training"]["seconds"]}})
     if not any(run.codes):
         record["test_dice"] = score_folder(dataset, test_ids, run.predictions)
     return record
@@ -84,7 +111,7 @@ def table(records, names) -> str:
             ["failed"] * (len(names) + 1)
         unlabelled = r.get("unlabelled") or {}
         phases = ", ".join(f"{k} {v}" for k, v in unlabelled.get("seconds", {}).items() if k != "total") or "-"
-        used = f"{unlabelled['used']} of {unlabelled['images']}" if unlabelled else "-"
+        used = f"{unlabelled['used']} of {unlabelled['images']}" if unlabelled.get("images") else "-"
         lines.append(f"| {r['label']} | {r.get('total_seconds', '-')} | {phases} | {used} | " + " | ".join(cells)
                      + " |")
     return "\n".join(lines)
@@ -101,6 +128,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="the product's --seed")
     parser.add_argument("--code", action="append", default=[], metavar="LABEL=DIR",
                         help="the --unlabelled command from another sslseg source tree")
+    parser.add_argument("--pretrain-steps", type=int, default=0, metavar="N",
+                        help="also the self-supervised alternative: N S3D pretraining steps on all the images, then "
+                             "fine-tuning for the time left (bench/pretrain_then_finetune.py)")
     parser.add_argument("--out", help="output folder (default bench/results/unlabelled-<task>-<time>)")
     parser.add_argument("--task", help="task name (default: the data folder's name)")
     return parser.parse_args(argv)
