@@ -583,5 +583,5 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
     if unlabelled is not None:
         from sslseg.finetuning.unlabelled import finetune_with_unlabelled
 
-        return finetune_with_unlabelled(request)
+        return finetune_with_unlabelled(request, train=lambda phase: trainer_class(phase)(phase).run())
     return trainer_class(request)(request).run()

@@ -43,10 +43,17 @@ METHOD = "pseudo-labels (self-training)"
 
 
 class PhaseReporter(Reporter):
-    """The run's reporter for one phase: the same streams and mode, its own start, no ``done`` (the run ends once)."""
+    """The run's reporter for one phase: the same streams and mode, one start event (the first), no ``done`` (the
+    run ends once)."""
 
     def __init__(self, parent: Reporter, phase: str):
         super().__init__(parent.mode, parent.stream, parent.error_stream, prefix=f"{parent.prefix}:{phase}")
+        self.started_once = False
+
+    def start(self, total_steps: int, device: str, note: str = "", **fields):
+        if not self.started_once:
+            super().start(total_steps, device, note, **fields)
+        self.started_once = True
 
     def done(self, **fields):
         pass
@@ -134,19 +141,20 @@ def run_budget(request, preset) -> Budget:
     return Budget(None, int(request.steps or preset.steps))
 
 
-def finetune_with_unlabelled(request) -> str:
-    """``sslseg.finetune(..., unlabelled=U)``: see the module's docstring. Returns the model folder."""
+def finetune_with_unlabelled(request, train) -> str:
+    """``sslseg.finetune(..., unlabelled=U)``: see the module's docstring; ``train(request)`` runs one fine-tuning
+    (the trainer's, passed in so that this module does not import it back). Returns the model folder."""
     from sslseg.device import resolve_device
     from sslseg.finetuning import data as training_data
-    from sslseg.finetuning.options import check_finetune_options
-    from sslseg.finetuning.trainer import CHECKED_OPTIONS
+    from sslseg.finetuning.options import FinetuneOptions, check_finetune_options
     from sslseg.presets import default_preset, get_preset
 
     started = time.monotonic()
     reporter = request.progress if isinstance(request.progress, Reporter) else Reporter(request.progress)
     if request.init_model is not None:
         raise UserError("--unlabelled cannot be combined with --init-model yet")
-    options = check_finetune_options(**{name: getattr(request, name) for name in CHECKED_OPTIONS}, pack=None)
+    checked = [field.name for field in dataclasses.fields(FinetuneOptions) if field.name != "pack"]
+    options = check_finetune_options(**{name: getattr(request, name) for name in checked}, pack=None)
     dataset, expected = training_data.load_training_data(request.data, request.images, request.labels,
                                                          request.label_names, request.train_case_ids,
                                                          request.val_case_ids)
@@ -157,7 +165,7 @@ def finetune_with_unlabelled(request) -> str:
     if len(paths) < MIN_UNLABELLED:
         reporter.log(f"only {len(paths)} unlabelled image(s), fewer than {MIN_UNLABELLED}: too few to pay for "
                      f"pseudo-labelling; training on the labelled cases only")
-        path = record(_run(plain), {"images": len(paths), "used": 0, "method": None, "seconds": {
+        path = record(train(plain), {"images": len(paths), "used": 0, "method": None, "seconds": {
             "total": round(time.monotonic() - started, 1)}, "reason": f"fewer than {MIN_UNLABELLED} images"})
     else:
         preset = get_preset(options.preset or default_preset(resolve_device(options.device)[0].type))
@@ -165,20 +173,14 @@ def finetune_with_unlabelled(request) -> str:
         work = tempfile.mkdtemp(prefix=".sslseg-unlabelled-", dir=os.path.dirname(options.out))
         try:
             path = self_train(plain, dataset, list(zip(names, paths)), run_budget(plain, preset), work, reporter,
-                              started)
+                              started, train)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     reporter.done(model=path)
     return path
 
 
-def _run(request) -> str:
-    from sslseg.finetuning.trainer import trainer_class
-
-    return trainer_class(request)(request).run()
-
-
-def self_train(request, dataset, unlabelled, budget, work, reporter, started) -> str:
+def self_train(request, dataset, unlabelled, budget, work, reporter, started, train) -> str:
     """Round 1 on the labelled cases, pseudo-labels, round 2 on both (module docstring)."""
     from sslseg.model_folder import read_model_meta
 
@@ -188,7 +190,7 @@ def self_train(request, dataset, unlabelled, budget, work, reporter, started) ->
     first = dataclasses.replace(request, out=os.path.join(work, "round1"), progress=PhaseReporter(reporter, "round1"),
                                 **budget.first())
     began = time.monotonic()
-    first_path = _run(first)
+    first_path = train(first)
     seconds["round1"] = round(time.monotonic() - began, 1)
     first_meta = read_model_meta(first_path)
     began = time.monotonic()
@@ -198,13 +200,14 @@ def self_train(request, dataset, unlabelled, budget, work, reporter, started) ->
     second = second_request(request, dataset, first_path, first_meta, kept, reporter,
                             **budget.second(started, first_meta["recipe"]["steps_run"]))
     began = time.monotonic()
-    path = _run(second)
+    path = train(second)
     seconds["round2"] = round(time.monotonic() - began, 1)
     seconds["total"] = round(time.monotonic() - started, 1)
     reporter.log(f"unlabelled images: {len(kept)} of {len(unlabelled)} pseudo-labelled cases used; seconds: "
                  + ", ".join(f"{k} {v}" for k, v in seconds.items()))
     summary = {"images": len(unlabelled), "segmented": len(scores), "used": len(kept), "method": METHOD,
-               "first_share": FIRST_SHARE, "keep_share": KEEP_SHARE, "used_cases": [name for name, _, _ in kept], "seconds": seconds,
+               "first_share": FIRST_SHARE, "keep_share": KEEP_SHARE, "pseudo_share": PSEUDO_SHARE,
+               "used_cases": [name for name, _, _ in kept], "seconds": seconds,
                "round1": {"steps": first_meta["recipe"]["steps_run"], "validation_mean_dice":
                           first_meta["validation"]["mean_dice"]}, "uncertainty_scores": scores}
     return record(path, summary, {"channel_names": first_meta["channel_names"]}, dataset)
@@ -230,12 +233,12 @@ def pseudo_label(model_path, unlabelled, folder, device, reporter, seconds=None,
     model = load_model(model_path)
     cuda = resolve_device(device)[0].type == "cuda"
     order = [unlabelled[i] for i in np.random.default_rng(seed).permutation(len(unlabelled))]
-    summaries = {}
+    summaries, phase = {}, PhaseReporter(reporter, "pseudo-labels")
     for index in range(0, len(order), PREDICT_CHUNK):
         chunk = order[index:index + PREDICT_CHUNK]
         # mirroring costs 8x on a CPU: the plain softmax's entropy ranks the cases there
         written = predict(model, [path for _, path in chunk], folder, device=device, tta=cuda, uncertainty=True,
-                          progress=PhaseReporter(reporter, "pseudo-labels"))
+                          progress=phase)
         summaries.update({name: written.uncertainty[case_name(path)] for name, path in chunk})
         per_image = (time.monotonic() - started) / len(summaries)
         if seconds is not None and time.monotonic() - started + per_image * PREDICT_CHUNK > seconds:
