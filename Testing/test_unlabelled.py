@@ -92,6 +92,8 @@ def test_bad_unlabelled_images_are_refused_before_any_work(tmp_path, hippocampus
         assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".sslseg")]
 
     refused(tmp_path / "missing", "not found")
+    with Untouched(data, folder):
+        assert_user_error(lambda: finetune(data, folder, out, init_model=str(tmp_path / "any")), "--init-model")
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n")
     refused(empty, "names no images")
