@@ -37,7 +37,7 @@ import os
 import shutil
 
 from sslseg import validation
-from sslseg.atomic import remove_quietly, write_json_atomic
+from sslseg.atomic import remove_quietly, write_json_atomic, write_text_atomic
 from sslseg.device import device_type, parse_device
 from sslseg.errors import UserError
 from sslseg.presets import PRESETS, default_preset
@@ -119,8 +119,8 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
 
     def finetune(self, backbone, trainingPairs, segmentNames=None, preset=None, device=None,
                  validationShare=None, initialModel=None, modelName=None, steps=None, timeLimit=None, seed=0,
-                 modality="auto", patchSize=None, batchSize=None, maxLr=None, waitForCompletion=False,
-                 onEvent=None, onLog=None, onFinished=None):
+                 modality="auto", patchSize=None, batchSize=None, maxLr=None, unlabelledVolumes=None,
+                 waitForCompletion=False, onEvent=None, onLog=None, onFinished=None):
         """Fine-tune ``backbone`` (catalog/imported name, checkpoint path, or None to train from scratch) on
         ``trainingPairs`` [(volumeNode, segmentationNode), ...] and add the model to the models folder.
 
@@ -131,12 +131,15 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
         instead of ``backbone`` (``sslseg finetune --init-model``). ``modality``: "CT" (HU windowing), "MR"
         (z-score) or "auto" (``nodeBridge.guessModality`` of the first volume). ``steps``, ``timeLimit`` (s),
         ``seed``, ``patchSize`` [z, y, x], ``batchSize``, ``maxLr`` override the preset like the CLI options.
+        ``unlabelledVolumes``: unlabelled scans of the same kind, volume nodes or a folder (or list file) of images,
+        used within the same time (``sslseg finetune --unlabelled``: pseudo-labels, then a second round).
 
         Returns the new model's folder (``waitForCompletion=True``) or a :class:`Job` whose ``result`` is that
         path. Nothing is added to the models folder unless training finished. Every option is checked before any
         scene data is written."""
         pairs = checkPairs(trainingPairs)
         segmentNames = segmentNamesFor(pairs, segmentNames)
+        checkUnlabelled(unlabelledVolumes, pairs)
         device = parse_device(device or defaultDevice())  # None: the Device setting (auto when unset)
         preset = self._checkPreset(preset, device, onLog)
         options = self._trainingOptions(steps, timeLimit, seed, patchSize, batchSize, maxLr)
@@ -155,7 +158,8 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
             start = ["--init-model", initialModelPath] if initialModelPath else \
                 ["--backbone", os.fspath(backbone) if backbone else "none"]
             args = ["finetune", *start, "--data", dataset, "--label-info", labelInfo, "--out", out,
-                    "--preset", preset, "--device", device, "--progress", "json", *options]
+                    "--preset", preset, "--device", device, "--progress", "json", *options,
+                    *unlabelledOptions(unlabelledVolumes, work)]
             job = self.newJob("fine-tuning", args, workFolder=work, complete=lambda done: self._addFinishedModel(
                 work, out, modelName), onEvent=onEvent, onLog=onLog, onFinished=onFinished)
         except BaseException:
@@ -375,3 +379,33 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
         if not any(v is pair[0] and s is pair[1] for v, s in self.trainingPairs):
             self.trainingPairs.append(pair)
         return self.trainingPairs
+
+
+def checkUnlabelled(unlabelledVolumes, pairs):
+    """Unlabelled volumes are scalar volume nodes, none of them a training volume, or a folder/list file path."""
+    if unlabelledVolumes is None or isinstance(unlabelledVolumes, (str, os.PathLike)):
+        return
+    training = {pair[0].GetID() for pair in pairs}
+    for volume in unlabelledVolumes:
+        if not hasattr(volume, "IsA") or not volume.IsA("vtkMRMLScalarVolumeNode"):
+            raise UserError(f"unlabelled volumes must be volume nodes (got {volume!r:.60})")
+        if volume.GetID() in training:
+            raise UserError(f"'{volume.GetName()}' is a training volume; give each scan once")
+
+
+def unlabelledOptions(unlabelledVolumes, work) -> list:
+    """``--unlabelled`` for the engine: a folder/list file as given, or the volume nodes written into the job's
+    work folder with a list file naming them."""
+    from . import nodeBridge
+
+    if unlabelledVolumes is None:
+        return []
+    if isinstance(unlabelledVolumes, (str, os.PathLike)):
+        return ["--unlabelled", os.fspath(unlabelledVolumes)]
+    folder = os.path.join(work, "unlabelled")
+    os.makedirs(folder, exist_ok=True)
+    paths = [nodeBridge.writeVolume(volume, os.path.join(folder, f"unlabelled_{index:03d}.nii.gz"))
+             for index, volume in enumerate(unlabelledVolumes)]
+    listFile = write_text_atomic("".join(os.path.abspath(path) + "\n" for path in paths),
+                                 os.path.join(work, "unlabelled.txt"))
+    return ["--unlabelled", listFile]

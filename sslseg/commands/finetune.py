@@ -6,6 +6,7 @@ from sslseg.commands._common import add_progress_argument, run_reported, sigterm
 
 EPILOG = """examples:
   sslseg finetune --backbone none --data ../shared/data/Task04_Hippocampus --out models/hippo --preset cpu
+  sslseg finetune --data Task04_Hippocampus --unlabelled more_scans/ --time-limit 900 --out models/hippo
   sslseg finetune --backbone ResEncL-OpenMind-S3D --data Task04_Hippocampus --out models/hippo --preset quick
   sslseg finetune --backbone my_backbone.pth --images a.nii.gz b.nii.gz --labels a_seg.nii.gz b_seg.nii.gz \\
       --label-names Liver Tumour --out models/liver --progress json
@@ -67,6 +68,9 @@ def add_parser(subparsers):
                              "a checkpoint it starts from step 0)")
     parser.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
                         help="save the training state for --resume every SECONDS (default 300; 0 = never)")
+    parser.add_argument("--unlabelled", metavar="FOLDER_OR_LIST",
+                        help="unlabelled images of the same kind (a folder, or a text file with one path a line): "
+                             "pseudo-labelled by a first round and trained on in a second, within the same time")
     add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
@@ -102,6 +106,8 @@ def run(args):
             extra["checkpoint_every"] = options.checkpoint_every
         if options.config != "auto":
             extra["config"] = options.config
+        if args.unlabelled:
+            extra["unlabelled"] = args.unlabelled
         path = sslseg.finetune(
             args.backbone, data=args.data, images=args.images, labels=args.labels, out=options.out,
             preset=options.preset, device=options.device, steps=options.steps, val_cases=options.val_cases,

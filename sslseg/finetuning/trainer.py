@@ -82,6 +82,7 @@ class Request:
     resume: bool = False
     checkpoint_every: float | None = None
     config: str = "auto"
+    unlabelled: object = None
 
 
 class FineTuner:
@@ -600,7 +601,7 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
              time_limit=None, max_memory_gb=None, batch_size=None, patch_size=None, val_case_ids=None,
              max_lr=None, optimizer=None, train_case_ids=None, keep_best=True,
              step_callback=None, arch=None, init_model=None, resume=False, checkpoint_every=None,
-             config="auto"):
+             config="auto", unlabelled=None):
     """Fine-tune ``backbone`` (a backbone name or checkpoint file, or ``"none"`` to train from scratch) on a dataset
     folder ``data`` (nnU-Net/MSD layout) or on explicit ``images``/``labels`` lists; write the model folder ``out``.
     Returns the model folder's path. Every input is checked before training starts.
@@ -615,7 +616,9 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
     ``step_callback(step=, phase=, loss=, network=, optimizer=)`` is called after every optimiser step (raising in it
     cancels the run: nothing is written). ``arch``: the network for ``backbone="none"`` (a name or a spec; default
     the preset's). ``config``: "auto" (default: slice-wise 2D for thick-slice data, else 3D; the reason is logged and
-    stored in model.json's ``plan``), "2d" or "3d"; a backbone or ``init_model`` keeps its own.
+    stored in model.json's ``plan``), "2d" or "3d"; a backbone or ``init_model`` keeps its own. ``unlabelled``: a
+    folder or list file of unlabelled images of the same kind, used within the same total time
+    (``sslseg.finetuning.unlabelled``: pseudo-labels from a first round, then a second round).
 
     Example::
 
@@ -624,6 +627,14 @@ def finetune(backbone="none", data=None, images=None, labels=None, out=None, pre
                                     preset="cpu", steps=300, progress="bar")
     """
     request = Request(**locals())  # every keyword argument above, by name
-    trainer = trainer_class(request)(request)
-    with trainer.held:  # the --out lock, released however the run ends
-        return trainer.run()
+
+    def train(phase):
+        trainer = trainer_class(phase)(phase)
+        with trainer.held:  # the --out lock, released however the run ends
+            return trainer.run()
+
+    if unlabelled is not None:
+        from sslseg.finetuning.unlabelled import finetune_with_unlabelled
+
+        return finetune_with_unlabelled(request, train=train)
+    return train(request)
