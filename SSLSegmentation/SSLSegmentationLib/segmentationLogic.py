@@ -396,7 +396,7 @@ def checkUnlabelled(unlabelledVolumes, pairs):
 def unlabelledOptions(unlabelledVolumes, work) -> list:
     """``--unlabelled`` for the engine: a folder/list file as given, or the volume nodes written into the job's
     work folder with a list file naming them."""
-    from . import nodeBridge
+    from SSLCommonLib import nodeBridge
 
     if unlabelledVolumes is None:
         return []
