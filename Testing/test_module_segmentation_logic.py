@@ -288,3 +288,53 @@ def test_preset_follows_the_device(slicer_scene, hippocampus_dir, logic):
         while job.poll():
             time.sleep(0.05)
     assert job.status == "cancelled" and logic.modelStore.listModels() == []
+
+
+def test_a_killed_finetune_is_kept_and_resumed_to_the_same_model(slicer_scene, hippocampus_dir, logic):
+    """The panel's equivalent of ``sslseg finetune --resume``: the engine process dies (kill -9, as in a crash)
+    after a checkpoint; the job fails but keeps its work folder; resumeFinetune finishes it with the step count the
+    uninterrupted run would have, adds the model under the name chosen at the start, and removes the folder."""
+    import signal
+
+    pairs = [_loadPair(hippocampus_dir, case)[:2] for case in TRAIN_CASES[:3]]
+    before = _sceneState(slicer_scene)
+    job = logic.finetune(backbone=None, trainingPairs=pairs, preset="test", device="cpu", steps=300,
+                         validationShare=0.0, checkpointEvery=0.5, modelName="resumed")
+    checkpoint = os.path.join(job.workFolder, ".model.resume.pth")
+    deadline = time.monotonic() + 180
+    while not os.path.isfile(checkpoint):
+        assert job.poll(), f"the run ended before a checkpoint: {job.runner.errorMessage}"
+        assert time.monotonic() < deadline, "no checkpoint within 180 s"
+        time.sleep(0.05)
+    os.kill(job.runner.pid, signal.SIGKILL)
+    while job.poll():
+        time.sleep(0.05)
+    assert job.status == "failed" and os.path.isfile(checkpoint) and job.keptPath == job.workFolder
+    assert logic.modelStore.listModels() == []
+    assert [r["folder"] for r in logic.resumableFinetunes()] == [job.workFolder]
+    assert logic.removeStaleWorkFolders() == []  # an interrupted run is not stale work
+
+    path = logic.resumeFinetune(job.workFolder, waitForCompletion=True)
+    with open(os.path.join(path, "model.json"), encoding="utf-8") as stream:
+        meta = json.load(stream)
+    assert meta["recipe"]["steps_run"] == 300 and os.path.basename(path) == "resumed"
+    assert [m["name"] for m in logic.modelStore.listModels()] == ["resumed"]
+    assert not os.path.exists(job.workFolder) and logic.resumableFinetunes() == []
+    assert _sceneState(slicer_scene) == before
+    with pytest.raises(UserError, match="no interrupted fine-tune"):
+        logic.resumeFinetune(job.workFolder)
+
+
+def test_a_cancelled_finetune_is_not_kept_for_resuming(slicer_scene, hippocampus_dir, logic):
+    pairs = [_loadPair(hippocampus_dir, case)[:2] for case in TRAIN_CASES[:3]]
+    job = logic.finetune(backbone=None, trainingPairs=pairs, preset="test", device="cpu", steps=100000,
+                         validationShare=0.0, checkpointEvery=0.5)
+    checkpoint = os.path.join(job.workFolder, ".model.resume.pth")
+    deadline = time.monotonic() + 180
+    while not os.path.isfile(checkpoint):
+        assert job.poll() and time.monotonic() < deadline
+        time.sleep(0.05)
+    logic.cancel()
+    while job.poll():
+        time.sleep(0.05)
+    assert job.status == "cancelled" and not os.path.exists(job.workFolder) and logic.resumableFinetunes() == []

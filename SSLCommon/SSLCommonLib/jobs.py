@@ -139,12 +139,28 @@ def removeStaleWorkFolders(moduleName, parent=None, maxAge=STALE_AFTER_SECONDS, 
         if model:
             logging.warning("%s: a finished model is kept in %s (add it with 'Import model')", moduleName, model)
             continue
+        if holdsResumableRun(entry.path):
+            logging.warning("%s: an interrupted run can be resumed from %s", moduleName, entry.path)
+            continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.path)
     if removed:
         logging.info("%s: removed %d work folder(s) left by ended runs: %s", moduleName, len(removed),
                      ", ".join(removed))
     return removed
+
+
+RESUME_FILE = "resume.json"  # in a work folder: how to run its interrupted job again with --resume
+
+
+def holdsResumableRun(folder):
+    """True when ``folder`` holds a job description (``RESUME_FILE``) and an engine checkpoint (``.*.resume.pth``,
+    ``sslseg.finetuning.resume``) of a run that failed or was killed."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    return RESUME_FILE in names and any(n.startswith(".") and n.endswith(".resume.pth") for n in names)
 
 
 class ResultKept(UserError):
@@ -165,8 +181,9 @@ class Job:
     :class:`ResultKept` there keeps the work folder."""
 
     def __init__(self, kind, args, moduleName, workFolder=None, complete=None, onEvent=None, onLog=None,
-                 onFinished=None):
+                 onFinished=None, resumable=False):
         self.kind = kind
+        self.resumable = resumable  # a failed run whose work folder holds a checkpoint keeps it for a resume
         self.moduleName = moduleName
         self.workFolder = os.path.abspath(workFolder) if workFolder else None
         self._complete = complete
@@ -259,6 +276,10 @@ class Job:
                 keep = self._useResult(runner.result or {})
             else:
                 self.status, self.errorMessage = runner.status, runner.errorMessage
+                # a crash or kill (not a Cancel or an ending) keeps what a resume needs
+                keep = self.resumable and runner.status == "failed" and holdsResumableRun(self.workFolder)
+                if keep:
+                    self.keptPath = self.workFolder
         finally:
             if keep:
                 _ACTIVE_WORK_FOLDERS.discard(self.workFolder)

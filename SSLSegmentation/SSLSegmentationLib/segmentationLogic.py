@@ -42,7 +42,7 @@ from sslseg.device import device_type, parse_device
 from sslseg.errors import UserError
 from sslseg.presets import PRESETS, default_preset
 
-from SSLCommonLib.jobs import JobOwner, ResultKept
+from SSLCommonLib.jobs import RESUME_FILE, JobOwner, ResultKept
 from SSLCommonLib.settings import applyHomeFolder, defaultDevice
 
 from .modelStore import ModelStore, suggestModelName
@@ -120,7 +120,7 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
     def finetune(self, backbone, trainingPairs, segmentNames=None, preset=None, device=None,
                  validationShare=None, initialModel=None, modelName=None, steps=None, timeLimit=None, seed=0,
                  modality="auto", patchSize=None, batchSize=None, maxLr=None, unlabelledVolumes=None,
-                 waitForCompletion=False, onEvent=None, onLog=None, onFinished=None):
+                 checkpointEvery=None, waitForCompletion=False, onEvent=None, onLog=None, onFinished=None):
         """Fine-tune ``backbone`` (catalog/imported name, checkpoint path, or None to train from scratch) on
         ``trainingPairs`` [(volumeNode, segmentationNode), ...] and add the model to the models folder.
 
@@ -133,6 +133,8 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
         ``seed``, ``patchSize`` [z, y, x], ``batchSize``, ``maxLr`` override the preset like the CLI options.
         ``unlabelledVolumes``: unlabelled scans of the same kind, volume nodes or a folder (or list file) of images,
         used within the same time (``sslseg finetune --unlabelled``: pseudo-labels, then a second round).
+        ``checkpointEvery`` (s): how often the engine saves the training state (``--checkpoint-every``; default
+        300): a run that crashes or is killed keeps its work folder, and :meth:`resumeFinetune` continues it.
 
         Returns the new model's folder (``waitForCompletion=True``) or a :class:`Job` whose ``result`` is that
         path. Nothing is added to the models folder unless training finished. Every option is checked before any
@@ -144,6 +146,8 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
         preset = self._checkPreset(preset, device, onLog)
         options = self._trainingOptions(steps, timeLimit, seed, patchSize, batchSize, maxLr)
         options += self._validationOptions(validationShare, len(pairs))
+        if checkpointEvery is not None:
+            options += ["--checkpoint-every", str(validation.float_in_range("checkpointEvery", checkpointEvery, 0.0))]
         modality = checkModality(modality, pairs[0][0])
         initialModelPath = self.resolveModel(initialModel) if initialModel else None
         modelName = self.modelStore.uniqueName(modelName or self._defaultModelName(segmentNames, backbone))
@@ -160,12 +164,57 @@ class SSLSegmentationLogic(JobOwner, _LogicBase):
             args = ["finetune", *start, "--data", dataset, "--label-info", labelInfo, "--out", out,
                     "--preset", preset, "--device", device, "--progress", "json", *options,
                     *unlabelledOptions(unlabelledVolumes, work)]
+            write_json_atomic({"args": args, "modelName": modelName, "out": out}, os.path.join(work, RESUME_FILE))
             job = self.newJob("fine-tuning", args, workFolder=work, complete=lambda done: self._addFinishedModel(
-                work, out, modelName), onEvent=onEvent, onLog=onLog, onFinished=onFinished)
+                work, out, modelName), onEvent=onEvent, onLog=onLog, onFinished=onFinished, resumable=True)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
         return self._run(job, waitForCompletion)
+
+    def resumableFinetunes(self):
+        """Work folders of fine-tunes that crashed or were killed (Slicer's too) after a checkpoint, newest first:
+        ``[{"folder", "modelName"}]``. Console: ``logic.resumeFinetune(logic.resumableFinetunes()[0]["folder"])``."""
+        from SSLCommonLib.jobs import holdsResumableRun, temporaryParent
+
+        parent, found = temporaryParent(), []
+        prefix = f"{self.moduleName}-finetune-"
+        job = self.currentJob
+        running = job.workFolder if job is not None and job.status == "running" else None
+        for entry in sorted(os.scandir(parent), key=lambda e: e.stat().st_mtime, reverse=True) \
+                if os.path.isdir(parent) else []:
+            if entry.name.startswith(prefix) and holdsResumableRun(entry.path) and entry.path != running:
+                found.append({"folder": entry.path, "modelName": self._readResume(entry.path)["modelName"]})
+        return found
+
+    @staticmethod
+    def _readResume(folder):
+        import json
+
+        with open(os.path.join(folder, RESUME_FILE), encoding="utf-8") as stream:
+            return json.load(stream)
+
+    def resumeFinetune(self, folder, waitForCompletion=False, onEvent=None, onLog=None, onFinished=None):
+        """Continue the interrupted fine-tune kept in ``folder`` (see :meth:`resumableFinetunes`) from its last
+        checkpoint (``sslseg finetune --resume``): the same data, options and model name as the first start."""
+        from SSLCommonLib.jobs import holdsResumableRun
+
+        if not holdsResumableRun(folder):
+            raise UserError(f"{folder} holds no interrupted fine-tune to resume")
+        self._refuseIfRunning()
+        saved = self._readResume(folder)
+        out, modelName = saved["out"], saved["modelName"]
+        job = self.newJob("fine-tuning", [*saved["args"], "--resume"], workFolder=folder,
+                          complete=lambda done: self._addFinishedModel(folder, out, modelName), onEvent=onEvent,
+                          onLog=onLog, onFinished=onFinished, resumable=True)
+        return self._run(job, waitForCompletion)
+
+    def discardResumable(self, folder):
+        """Remove an interrupted fine-tune's work folder (its checkpoint and exported data)."""
+        from SSLCommonLib.jobs import holdsResumableRun
+
+        if holdsResumableRun(folder):
+            shutil.rmtree(folder, ignore_errors=True)
 
     @staticmethod
     def _checkPreset(preset, device, onLog):

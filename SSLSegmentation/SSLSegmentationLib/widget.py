@@ -304,7 +304,10 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
         self.job = None
         self.updateButtons()
         if job.status == "failed":
-            slicer.util.errorDisplay(_("{what} failed: {message}").format(what=what, message=job.errorMessage))
+            resumable = _(" It can be resumed from its last checkpoint: press Fine-tune again.") \
+                if job.keptPath and job.resumable else ""
+            slicer.util.errorDisplay(_("{what} failed: {message}").format(what=what, message=job.errorMessage) +
+                                     resumable)
         elif job.status == "cancelled":
             self.ui.statusLabel.setText(_("Ended because {reason}: nothing was changed.").format(reason=job.endReason)
                                         if job.endReason else _("Cancelled: nothing was changed."))
@@ -353,6 +356,8 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
             return
         if not self._ensureDependencies():
             return
+        if self._offerResume():
+            return
         p = self.parameterNode
         segmentNames = self._checkedSegmentNames()
         if not segmentNames:
@@ -360,24 +365,45 @@ class SSLSegmentationWidgetImpl(ModulePanelBase):
             return
         backbone = None if p.backbone in ("", SCRATCH) else p.backbone
         initialModel = p.model if p.continueFromModel and p.model else None
+        self._newChart()
+        self._startJob(lambda: self.logic.finetune(
+            backbone, self._pairs(), segmentNames=segmentNames, preset=p.preset,  # None: by device, logged
+            device=p.device, validationShare=None if p.validationPercent is None else p.validationPercent / 100.0,
+            initialModel=initialModel, modelName=p.modelName or None, onEvent=self.onProgressEvent,
+            onLog=self.appendLog, onFinished=self._finetuneFinished))
+        if self.job is not None:
+            self.showChart()
+
+    def _offerResume(self):
+        """A fine-tune that crashed or was killed after a checkpoint: resume it (True) or discard it and go on."""
+        interrupted = self.logic.resumableFinetunes()
+        if not interrupted:
+            return False
+        name = interrupted[0]["modelName"]
+        if not slicer.util.confirmYesNoDisplay(_("The fine-tuning of '{name}' was interrupted. Resume it from its "
+                                                 "last checkpoint? (No: discard it and start a new run.)").format(
+                                                     name=name)):
+            self.logic.discardResumable(interrupted[0]["folder"])
+            return False
+
+        self._newChart()
+        self._startJob(lambda: self.logic.resumeFinetune(interrupted[0]["folder"], onEvent=self.onProgressEvent,
+                                                         onLog=self.appendLog, onFinished=self._finetuneFinished))
+        if self.job is not None:
+            self.showChart()
+        return True
+
+    def _newChart(self):
         if self.chart is not None:
             self.chart.removeNodes()
         self.chart = ProgressChart(slicer.mrmlScene, _("Fine-tuning"))
         self.ui.logTextEdit.clear()
 
-        def onFinished(job):
-            self._jobFinished(job, _("Fine-tuning"))
-            if job.status == "succeeded":
-                self.ui.statusLabel.setText(_("Model saved: {path}").format(path=job.result))
-                self.refreshModels(select=os.path.basename(job.result))
-
-        self._startJob(lambda: self.logic.finetune(
-            backbone, self._pairs(), segmentNames=segmentNames, preset=p.preset,  # None: by device, logged
-            device=p.device, validationShare=None if p.validationPercent is None else p.validationPercent / 100.0,
-            initialModel=initialModel, modelName=p.modelName or None, onEvent=self.onProgressEvent,
-            onLog=self.appendLog, onFinished=onFinished))
-        if self.job is not None:
-            self.showChart()
+    def _finetuneFinished(self, job):
+        self._jobFinished(job, _("Fine-tuning"))
+        if job.status == "succeeded":
+            self.ui.statusLabel.setText(_("Model saved: {path}").format(path=job.result))
+            self.refreshModels(select=os.path.basename(job.result))
 
     # -- models --
 
