@@ -262,3 +262,18 @@ def test_a_non_finite_pretraining_loss_stops_the_run_before_anything_is_saved(mo
         sslseg.pretrain("s3d", images=str(listing), out=str(tmp_path / "run"), arch="ResEncT-test", steps=8,
                         batch=1, patch=16, device="cpu", save_every=4, report_every=4, val_every=8)
     assert not (tmp_path / "run" / "checkpoint_latest.pth").exists()
+
+
+def test_a_saved_model_keeps_resencs_shared_weights_shared():
+    """model.pt stores each of ResEnc's aliased weights once: on a GPU, ``.cpu()`` per name would copy each."""
+    from sslseg import networks
+    from sslseg.model_folder import cpu_state_dict
+
+    network = networks.build_resenc(networks.architecture_kwargs("ResEncT-test"), in_channels=1, num_classes=3)
+    state = network.state_dict()
+    saved = cpu_state_dict(state)
+    storages = {t.untyped_storage().data_ptr() for t in saved.values()}
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in state)
+    assert len(storages) == len({t.untyped_storage().data_ptr() for t in state.values()}) < len(state)
+    fake_gpu = {k: v.clone() if i % 2 else v for i, (k, v) in enumerate(state.items())}  # unshared copies stay apart
+    assert len({t.untyped_storage().data_ptr() for t in cpu_state_dict(fake_gpu).values()}) > len(storages)
