@@ -473,16 +473,16 @@ def load_model(path) -> Model:
 
 # --- writing -------------------------------------------------------------------------------------------------
 
-def cpu_state_dict(state_dict) -> dict:
-    """``state_dict`` on the CPU, names that share one tensor on the device sharing one copy (torch.save writes a
-    shared tensor once; ResEnc names most weights several times, 3.7x its parameters for ResEnc-L, and ``.cpu()``
-    per name on a GPU would copy each)."""
+def cpu_state_dict(state_dict, copy: bool = False) -> dict:
+    """``state_dict`` on the CPU (``copy``: always a copy, e.g. the kept best weights), names that share one tensor
+    on the device sharing one tensor there too (torch.save writes a shared tensor once; ResEnc names most weights
+    several times, 3.7x its parameters for ResEnc-L, and a copy per name would take that much memory and disk)."""
     copies, result = {}, {}
     for key, tensor in state_dict.items():
         where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype,
                  tensor.device)
         if where not in copies:
-            copies[where] = tensor.detach().cpu()
+            copies[where] = tensor.detach().to("cpu", copy=copy)
         result[key] = copies[where]
     return result
 

@@ -126,20 +126,6 @@ def run_identity(trainer) -> dict:
     })
 
 
-def shared_like(state, reference):
-    """``state`` (a copy of a state dict, every tensor separate) with the keys that share one tensor in
-    ``reference`` pointing at one tensor again: ResEnc's state dict names most weights several times (3.7x its
-    parameters for ResEnc-L), and torch.save writes a shared tensor once."""
-    if state is None:
-        return None
-    owners, result = {}, {}
-    for key, tensor in reference.items():
-        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        owner = owners.setdefault(where, key)
-        result[key] = result[owner] if owner in result and owner != key else state[key]
-    return result
-
-
 def trainer_state(trainer) -> dict:
     """Everything a resumed run needs to continue where ``trainer`` is now."""
     import torch
@@ -154,7 +140,7 @@ def trainer_state(trainer) -> dict:
         "optimizer": trainer.optimizer.state_dict(),
         "scaler": trainer.scaler.state_dict(),
         "best": {**_plain({k: v for k, v in best.items() if k != "state"}),
-                 "state": shared_like(best["state"], trainer.network.state_dict())},
+                 "state": best["state"]},  # trainer.cpu_state: shared tensors already stored once
         "history": _plain(trainer.history),
         "losses": [float(loss) for loss in trainer.losses],
         "nonfinite": int(trainer.nonfinite),

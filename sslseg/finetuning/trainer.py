@@ -464,7 +464,9 @@ class FineTuner:
             self.reporter.log(f"post-processing: {reason}")
 
     def cpu_state(self) -> dict:
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
+        from sslseg.model_folder import cpu_state_dict
+
+        return cpu_state_dict(self.network.state_dict(), copy=True)
 
     # --- the model folder ------------------------------------------------------------------------------------
     def save(self) -> str:
